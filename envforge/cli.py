@@ -1,0 +1,171 @@
+"""The click command-line interface: parse options, build one request, call one core function, render.
+
+Heavy modules (packaging, pynvml, docker, jinja2 ...) are imported inside the
+commands, never at start-up, so `envforge --help` stays fast (bench/startup).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn, Sequence
+
+import click
+
+from . import __version__
+from .errors import EXIT_BAD_INPUT, EnvforgeError
+from .options import (
+    cuda_option,
+    json_option,
+    platform_option,
+    python_option,
+    version_option,
+)
+
+
+def _emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, "--version", prog_name="envforge", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Reproducible, provably working deep-learning environments.
+
+    \b
+    envforge detect                          what this machine has (driver, CUDA, GPUs)
+    envforge matrix torch --version 2.3.1    the known builds of a release
+    envforge resolve -f torch --cuda 11.8    the build that fits, and why others don't
+
+    Exit codes: 0 success, 1 a real negative answer, 2 bad input, 3 the environment stopped us.
+    """
+
+
+# --------------------------------------------------------------------------- matrix
+
+
+class _MatrixGroup(click.Group):
+    """`envforge matrix [FRAMEWORK]` lists builds; `matrix validate|fmt|refresh` are subcommands."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_MatrixGroup)
+def matrix() -> None:
+    """The compatibility knowledge base: list builds, validate, refresh from PyPI.
+
+    \b
+    envforge matrix torch --version 2.3.1 --json
+    envforge matrix validate
+    envforge matrix refresh [--write]
+    """
+
+
+@matrix.command("list")
+@click.argument("framework", required=False)
+@version_option
+@cuda_option
+@python_option
+@platform_option
+@json_option
+def matrix_list(
+    framework: str | None, version: str | None, cuda: str | None, python: str | None, platform: str | None,
+    as_json: bool,
+) -> None:
+    """List known builds of FRAMEWORK (all frameworks when omitted)."""
+    from . import matrix as matrix_mod
+    from . import report, specs
+    from .models import FRAMEWORKS
+
+    data = matrix_mod.load()
+    frameworks = [specs.parse_framework(framework)] if framework else list(FRAMEWORKS)
+    version_spec = specs.parse_version_spec(version)
+    cuda_request = specs.parse_cuda(cuda, data.known_cuda()) if cuda else None
+    python_version = specs.parse_python(python)
+    platform_name = specs.parse_platform(platform)
+    rows = []
+    for name in frameworks:
+        for release, build in matrix_mod.query(data, name, version_spec, cuda_request, python_version, platform_name):
+            rows.append(matrix_mod.build_doc(data, name, release, build))
+    if version and framework and not rows:
+        known = [r.version for r in data.releases(frameworks[0])]
+        if not any(version_spec.contains(v, prereleases=True) for v in known):
+            from .errors import BadInput
+
+            raise BadInput(
+                f"no {frameworks[0]} release matches {version!r}. Known releases: {known[0]} … {known[-1]} "
+                f"({len(known)} in all; `envforge matrix {frameworks[0]}` lists them)."
+            )
+    if as_json:
+        _emit_json({"matrices_read": data.read_date(), "builds": rows})
+    else:
+        click.echo(report.builds_table(rows))
+
+
+@matrix.command("validate")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), help="Validate this matrices/ directory.")
+@json_option
+def matrix_validate(directory: str | None, as_json: bool) -> None:
+    """Check schema and cross-file consistency; exit 1 naming file and row on any problem."""
+    from pathlib import Path
+
+    from . import matrix as matrix_mod
+
+    problems = matrix_mod.validate(Path(directory) if directory else None)
+    where = directory or str(matrix_mod.data_dir())
+    if as_json:
+        _emit_json({"ok": not problems, "directory": where, "problems": problems})
+    else:
+        for problem in problems:
+            click.echo(problem)
+        click.echo(f"{where}: {'OK' if not problems else f'{len(problems)} problem(s)'}", err=bool(problems))
+    if problems:
+        sys.exit(1)
+
+
+@matrix.command("fmt")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+def matrix_fmt(files: Sequence[str]) -> None:
+    """Rewrite matrices files in canonical form (sorted rows, fixed key order)."""
+    from pathlib import Path
+
+    from . import matrix as matrix_mod
+
+    paths = [Path(f) for f in files] or [matrix_mod.data_dir() / f"{s}.toml" for s in matrix_mod.SUBJECTS]
+    for path in paths:
+        changed = matrix_mod.fmt(path)
+        click.echo(f"{path}: {'rewritten' if changed else 'unchanged'}", err=True)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cli.main(args=args, prog_name="envforge", standalone_mode=False)
+    except EnvforgeError as exc:
+        if "--json" in args:
+            _emit_json({"ok": False, "error": exc.to_json()})
+        message = f"envforge: error: {exc.message}"
+        if exc.fix:
+            message += f"\n  fix: {exc.fix}"
+        click.echo(message, err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("envforge: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code if exc.exit_code else EXIT_BAD_INPUT)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("envforge: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(0)
