@@ -16,9 +16,11 @@ from . import __version__
 from .errors import EXIT_BAD_INPUT, EnvforgeError
 from .options import (
     cuda_option,
+    host_options,
     json_option,
     platform_option,
     python_option,
+    target_options,
     version_option,
 )
 
@@ -138,6 +140,87 @@ def matrix_fmt(files: Sequence[str]) -> None:
     for path in paths:
         changed = matrix_mod.fmt(path)
         click.echo(f"{path}: {'rewritten' if changed else 'unchanged'}", err=True)
+
+
+# --------------------------------------------------------------------------- detect / resolve
+
+
+def _probe(matrix_data: Any, driver: str | None, gpu: Sequence[str], arch: Sequence[str], no_detect: bool,
+           include_toolkit: bool = False) -> Any:
+    from . import hardware
+
+    overrides = hardware.overrides_from(driver, gpu, arch, no_detect)
+    return hardware.probe(
+        overrides,
+        include_toolkit=include_toolkit,
+        gpu_lookup=matrix_data.gpu,
+        branch_cuda=matrix_data.branch_cuda,
+    )
+
+
+@cli.command()
+@host_options
+@json_option
+def detect(driver: str | None, gpu: Sequence[str], arch: Sequence[str], no_detect: bool, as_json: bool) -> None:
+    """What this machine has: driver, the CUDA it supports, each GPU, and which source answered."""
+    from . import matrix as matrix_mod
+    from . import report
+
+    host = _probe(matrix_mod.load(), driver, gpu, arch, no_detect, include_toolkit=True)
+    if as_json:
+        _emit_json(host.to_json())
+    else:
+        click.echo(report.host_text(host))
+
+
+@cli.command()
+@target_options
+@json_option
+def resolve(
+    framework: str | None, version: str | None, cuda: str | None, python: str | None, platform: str | None,
+    driver: str | None, gpu: Sequence[str], arch: Sequence[str], no_detect: bool, driver_policy: str,
+    allow_cpu: bool, as_json: bool,
+) -> None:
+    """The best build for the target, and every rejected candidate with its reasons and fixes.
+
+    Exit 0 when a build was selected, 1 when none can be, 2 for bad input.
+    """
+    from . import matrix as matrix_mod
+    from . import report
+    from . import resolve as resolve_mod
+
+    data = matrix_mod.load()
+    request = _request(data, framework, version, cuda, python, platform, driver_policy, allow_cpu)
+    host = _probe(data, driver, gpu, arch, no_detect)
+    resolution = resolve_mod.resolve(data, host, request)
+    if as_json:
+        _emit_json(resolution.to_json())
+    else:
+        click.echo(report.resolution_text(resolution))
+    if not resolution.ok:
+        sys.exit(1)
+
+
+def _request(data: Any, framework: str | None, version: str | None, cuda: str | None, python: str | None,
+             platform: str | None, driver_policy: str, allow_cpu: bool) -> Any:
+    from . import hardware, specs
+    from .errors import BadInput
+    from .models import Request
+
+    if not framework:
+        raise BadInput("which framework? pass --framework torch, --framework tensorflow or --framework jax.")
+    name = specs.parse_framework(framework)
+    specs.parse_version_spec(version)
+    specs.parse_cuda(cuda, data.known_cuda())
+    return Request(
+        framework=name,
+        version=version,
+        cuda=cuda or "auto",
+        python=specs.parse_python(python) or f"{sys.version_info[0]}.{sys.version_info[1]}",
+        platform=specs.parse_platform(platform) or hardware.platform_tag() or "linux-64",
+        driver_policy=driver_policy,
+        allow_cpu=allow_cpu,
+    )
 
 
 # --------------------------------------------------------------------------- entry point

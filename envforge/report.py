@@ -47,3 +47,79 @@ def builds_table(docs: Sequence[dict[str, Any]]) -> str:
     if any(d.get("pypi_default") for d in docs):
         text += "\n* = what plain `pip install` gives on Linux x86_64"
     return text
+
+
+def host_text(host: Any) -> str:
+    lines = [f"source     {host.source}"]
+    lines.append(f"driver     {host.driver or '-'}" + (f"  (supports CUDA <= {host.driver_cuda})" if host.driver_cuda else ""))
+    for key in ("platform", "os", "glibc", "python", "nvcc", "rocm"):
+        value = getattr(host, key)
+        if value:
+            lines.append(f"{key:<10} {value}")
+    if host.wsl:
+        lines.append("wsl        yes")
+    if host.gpus:
+        rows = [
+            [str(g.index if g.index is not None else "-"), g.name, g.arch or "?",
+             f"{g.memory_mib} MiB" if g.memory_mib else "-", "on" if g.mig else ("off" if g.mig is False else "-"),
+             g.uuid or "-"]
+            for g in host.gpus
+        ]
+        lines.append("")
+        lines.append(table(["#", "gpu", "arch", "memory", "mig", "uuid"], rows))
+    else:
+        lines.append("gpus       none found")
+    for note in host.notes:
+        lines.append(f"note ({note.source}): {note.message}" + (f"\n  fix: {note.fix}" if note.fix else ""))
+    return "\n".join(lines)
+
+
+def resolution_text(res: Any, max_rejections: int = 25) -> str:
+    lines = []
+    req = res.request
+    target = f"{req.framework} {req.version or '(newest)'} cuda={req.cuda} python={req.python} {req.platform}"
+    host = res.host
+    host_line = f"host: {host.source}"
+    if host.driver:
+        host_line += f", driver {host.driver}"
+    if host.gpus:
+        host_line += ", " + ", ".join(f"{g.name} ({g.arch})" for g in host.gpus[:4])
+        if len(host.gpus) > 4:
+            host_line += f" and {len(host.gpus) - 4} more"
+    lines.append(f"target: {target}")
+    lines.append(host_line)
+    sel = res.selected
+    if sel is not None:
+        lines.append("")
+        lines.append(f"OK: {sel.framework} {sel.version} ({sel.variant})")
+        accel = f"CUDA {sel.cuda}" if sel.cuda else (f"ROCm {sel.rocm}" if sel.rocm else "CPU")
+        lines.append(f"  accelerator   {accel}" + (f", cuDNN {sel.cudnn}" if sel.cudnn else ""))
+        lines.append(f"  install       {' '.join(sel.requirements)}" + (f"  (index {sel.index_url})" if sel.index_url else ""))
+        if sel.companions:
+            lines.append("  companions    " + ", ".join(f"{k}=={v}" for k, v in sel.companions))
+        lines.append(f"  python        {sel.python}")
+        if sel.min_driver:
+            lines.append(f"  min driver    {sel.min_driver}")
+        arch_doc = {"arch": sel.arch, "ptx": sel.ptx, "min_arch": sel.min_arch}
+        lines.append(f"  gpu archs     {_arch_text(arch_doc)}")
+        if sel.base_image:
+            lines.append(f"  base image    {sel.base_image}")
+    else:
+        lines.append("")
+        lines.append(f"NO BUILD: no {req.framework} build fits this target ({res.candidates} candidates considered)")
+    for warning in res.warnings:
+        lines.append(f"warning: {warning}")
+    if res.rejected:
+        lines.append("")
+        lines.append("rejected:" if sel is None else "rejected (same or newer releases):")
+        rows = []
+        for rejection in res.rejected[:max_rejections]:
+            for i, reason in enumerate(rejection.reasons):
+                rows.append([
+                    rejection.version if i == 0 else "", rejection.variant if i == 0 else "",
+                    reason.code, reason.message, reason.fix,
+                ])
+        lines.append(table(["version", "variant", "reason", "why", "fix"], rows))
+        if len(res.rejected) > max_rejections:
+            lines.append(f"... and {len(res.rejected) - max_rejections} more (--json lists all)")
+    return "\n".join(lines)
