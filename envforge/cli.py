@@ -142,6 +142,49 @@ def matrix_fmt(files: Sequence[str]) -> None:
         click.echo(f"{path}: {'rewritten' if changed else 'unchanged'}", err=True)
 
 
+@matrix.command("refresh")
+@click.argument("frameworks", nargs=-1)
+@version_option
+@click.option("--write", is_flag=True, help="Write the regenerated files (atomically); without it, only show the diff.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), help="The matrices/ directory to refresh.")
+@json_option
+def matrix_refresh(frameworks: Sequence[str], version: str | None, write: bool, directory: str | None,
+                   as_json: bool) -> None:
+    """Regenerate from PyPI what its metadata tells (Python ranges, default torch variant and its pins,
+    tensorflow[and-cuda] pins, JAX plugin pins) and print the diff. Exit 0 if nothing differs, 1 if it does
+    (and was not written)."""
+    from pathlib import Path
+
+    from . import refresh as refresh_mod
+    from . import specs
+    from .fsutil import write_atomic
+
+    names = [specs.parse_framework(f) for f in frameworks] or ["torch", "tensorflow", "jax"]
+    only = specs.parse_version_spec(version) if version else None
+    base = Path(directory) if directory else None
+    result = refresh_mod.refresh(base, frameworks=names, only=only)
+    diff = result.diff()
+    if write:
+        from . import matrix as matrix_mod
+
+        target = base or matrix_mod.data_dir()
+        for subject in result.changed:
+            write_atomic(target / f"{subject}.toml", result.texts[subject][1])
+    if as_json:
+        _emit_json({"changed": result.changed, "written": write and bool(result.changed), "diff": diff,
+                    "notes": result.notes})
+    else:
+        if diff:
+            click.echo(diff, nl=False)
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
+        state = "written" if write else "not written (use --write)"
+        click.echo(f"{len(result.changed)} file(s) differ from PyPI" + (f": {state}" if result.changed else ""),
+                   err=True)
+    if result.changed and not write:
+        sys.exit(1)
+
+
 # --------------------------------------------------------------------------- detect / resolve
 
 
