@@ -151,6 +151,19 @@ def _nvml_error_name(pynvml: object, exc: Exception) -> str:
     return "UNKNOWN"
 
 
+def _nvml_message(pynvml: object, exc: Exception) -> str:
+    """The driver's own words for an NVML error (nvmlErrorString, what nvidia-smi prints).
+
+    str(NVMLError) uses pynvml's built-in table for the codes it knows, which can
+    differ from the driver: code 18 reads "RM has detected an NVML/RM version
+    mismatch." there, but "Driver/library version mismatch" from the driver.
+    """
+    try:
+        return _text(pynvml.nvmlErrorString(exc.value))  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - library not loaded, symbol missing: fall back to pynvml's text
+        return str(exc)
+
+
 def _probe_nvml(notes: list[ProbeNote]) -> HostFacts | None:
     try:
         import pynvml
@@ -167,7 +180,8 @@ def _probe_nvml(notes: list[ProbeNote]) -> HostFacts | None:
             notes.append(ProbeNote("nvml", "libnvidia-ml.so.1 not found (no NVIDIA driver installed?)",
                                    _NVML_FIXES[name]))
         else:
-            notes.append(ProbeNote("nvml", f"NVML failed to initialise: {exc}", _NVML_FIXES.get(name)))
+            notes.append(ProbeNote("nvml", f"NVML failed to initialise: {_nvml_message(pynvml, exc)}",
+                                   _NVML_FIXES.get(name)))
         return None
     try:
         driver = _text(pynvml.nvmlSystemGetDriverVersion())
@@ -194,7 +208,8 @@ def _probe_nvml(notes: list[ProbeNote]) -> HostFacts | None:
             ))
     except pynvml.NVMLError as exc:
         name = _nvml_error_name(pynvml, exc)
-        notes.append(ProbeNote("nvml", f"NVML query failed: {exc}", _NVML_FIXES.get(name)))
+        notes.append(ProbeNote("nvml", f"NVML query failed: {_nvml_message(pynvml, exc)}",
+                               _NVML_FIXES.get(name)))
         return None
     finally:
         try:
@@ -226,9 +241,11 @@ def _probe_smi(notes: list[ProbeNote]) -> HostFacts | None:
     if not smi:
         return None
     fields = SMI_FIELDS
+    noted = len(notes)
     out = _run_smi(smi, fields, notes)
-    if out is None and "compute_cap" in fields:
-        # Drivers before 510 do not know the compute_cap field; ask without it.
+    if out is None and len(notes) == noted and "compute_cap" in fields:
+        # Drivers before 510 do not know the compute_cap field (_run_smi returns None
+        # without a note for that refusal only); ask without it.
         fields = fields.replace(",compute_cap", "")
         out = _run_smi(smi, fields, notes)
     if out is None:
