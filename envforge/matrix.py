@@ -477,19 +477,14 @@ class Matrix:
 
     def toolkits(self, cuda_minor: str) -> tuple[models.ToolkitRow, ...]:
         """Toolkit releases of one CUDA minor (e.g. '12.4' -> 12.4.0, 12.4.1), oldest first."""
-        want = Version(cuda_minor).release[:2]
-        return tuple(t for t in self.files["cuda"].rows("toolkit") if Version(t.version).release[:2] == want)
+        return _toolkit_index(self).get(_minor(cuda_minor), ())
 
     def known_cuda(self) -> tuple[str, ...]:
-        seen: dict[str, None] = {}
-        for t in self.files["cuda"].rows("toolkit"):
-            major, minor = Version(t.version).release[:2]
-            seen[f"{major}.{minor}"] = None
-        return tuple(seen)
+        return tuple(_toolkit_index(self))
 
     def targets(self, cuda_minor: str) -> models.TargetsRow | None:
-        want = Version(cuda_minor).release[:2]
-        return next((t for t in self.files["cuda"].rows("targets") if Version(t.cuda).release[:2] == want), None)
+        want = _minor(cuda_minor)
+        return next((t for t in self.files["cuda"].rows("targets") if _minor(t.cuda) == want), None)
 
     def branch_cuda(self, driver: str) -> str | None:
         """The CUDA version a driver reports, from its branch (the first component)."""
@@ -519,6 +514,20 @@ class Matrix:
     def read_date(self) -> str:
         """The newest `read` date across files: how fresh the knowledge is."""
         return max((mf.meta.read for mf in self.files.values()), default="")
+
+
+@functools.lru_cache(maxsize=1024)
+def _minor(version: str) -> str:
+    major, minor = (Version(version).release + (0,))[:2]
+    return f"{major}.{minor}"
+
+
+@functools.lru_cache(maxsize=8)
+def _toolkit_index(matrix: Matrix) -> dict[str, tuple[models.ToolkitRow, ...]]:
+    index: dict[str, list[models.ToolkitRow]] = {}
+    for row in matrix.files["cuda"].rows("toolkit"):
+        index.setdefault(_minor(row.version), []).append(row)
+    return {k: tuple(v) for k, v in index.items()}
 
 
 def _norm_gpu(name: str) -> str:

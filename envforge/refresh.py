@@ -5,7 +5,8 @@ What PyPI can tell (and so what this rewrites):
 - torch: which variant plain `pip install torch` gives on Linux x86_64, its CUDA and
   cuDNN, and the CUDA-library pins it declares (`requires`);
 - tensorflow: whether `tensorflow[and-cuda]` exists and what it pins;
-- jax: the CUDA plugin's `with-cuda` pins (cuDNN floor), per release.
+- jax: the CUDA plugin's `with-cuda` pins, per release.
+`requires` lists are written without environment markers.
 Everything else (arch lists, non-default variants, ROCm) is read from upstream
 build scripts by people, and only reported here when PyPI has a release the
 matrices lack. Nothing is written without --write; the write is atomic.
@@ -89,8 +90,14 @@ def _req(text: str) -> Requirement | None:
         return None
 
 
+def plain(req: Requirement) -> str:
+    """A requirement without its environment marker, in packaging's canonical spelling."""
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    return f"{req.name}{extras}{req.specifier}"
+
+
 def cuda_pins(requires_dist: Iterable[str]) -> tuple[str, ...]:
-    """The CUDA-library requirements of a wheel: nvidia-* and cuda-toolkit, exactly as METADATA writes them."""
+    """The CUDA-library requirements of a wheel (nvidia-* and cuda-toolkit), markers removed."""
     out = []
     for text in requires_dist:
         req = _req(text)
@@ -98,7 +105,7 @@ def cuda_pins(requires_dist: Iterable[str]) -> tuple[str, ...]:
             continue
         name = canonicalize_name(req.name)
         if name.startswith("nvidia-") or name == "cuda-toolkit":
-            out.append(text)
+            out.append(plain(req))
     return tuple(out)
 
 
@@ -121,13 +128,16 @@ def cuda_of_pins(requires: Iterable[str]) -> str | None:
     return f"{major}.{minor}"
 
 
-def _extra_requires(requires_dist: Iterable[str], extra: str) -> tuple[str, ...]:
+def _extra_requires(requires_dist: Iterable[str], extra: str, prefix: str = "nvidia-") -> tuple[str, ...]:
+    """What an extra adds (only names starting with `prefix`), markers removed."""
     out = []
     for text in requires_dist:
         req = _req(text)
-        if req is not None and req.marker is not None and req.marker.evaluate({"extra": extra}) and \
-                not req.marker.evaluate({"extra": "__none__"}):
-            out.append(text)
+        if req is None or req.marker is None or not canonicalize_name(req.name).startswith(prefix):
+            continue
+        env = {"extra": extra, "platform_system": "Linux", "sys_platform": "linux", "platform_machine": "x86_64"}
+        if req.marker.evaluate(env) and not req.marker.evaluate({**env, "extra": "__none__"}):
+            out.append(plain(req))
     return tuple(out)
 
 
@@ -312,6 +322,6 @@ def _refresh_jax(builds: list[BuildRow], releases: list[ReleaseRow], pypi: PyPI,
             out.append(b)
             continue
         pins = _extra_requires(meta.requires_dist, "with-cuda") or _extra_requires(meta.requires_dist, "with_cuda")
-        cudnn = pinned_version(pins, r"nvidia-cudnn-cu\d+")
-        out.append(dataclasses.replace(b, requires=pins or b.requires, cudnn=cudnn or b.cudnn))
+        # cudnn is not rewritten: where JAX documents a stricter floor than its pin, the matrix keeps the doc's.
+        out.append(dataclasses.replace(b, requires=pins or b.requires))
     return out

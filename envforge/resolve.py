@@ -11,6 +11,7 @@ with --allow-cpu. There is never a silent CPU fallback on a machine with a GPU.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -69,6 +70,7 @@ def arch_known(build: BuildRow) -> bool:
 # --------------------------------------------------------------------------- driver rules
 
 
+@functools.lru_cache(maxsize=4096)
 def _dv(text: str) -> Version:
     return Version(text)
 
@@ -160,7 +162,12 @@ class _Judged:
 
 
 def _python_ok(release: ReleaseRow, python: str) -> bool:
-    return SpecifierSet(release.python).contains(f"{python}.0", prereleases=True)
+    return _python_in(release.python, python)
+
+
+@functools.lru_cache(maxsize=4096)
+def _python_in(spec: str, python: str) -> bool:
+    return SpecifierSet(spec).contains(f"{python}.0", prereleases=True)
 
 
 def _accelerator(build: BuildRow) -> str:
@@ -330,6 +337,26 @@ def _judge(
             )
 
     # GPU architectures: every GPU on the host must be served.
+    if build.cuda and nvidia_gpus and not arch_known(build):
+        # The build's arch list is not recorded; the toolkit still bounds it. A GPU older than
+        # anything CUDA X.Y can target cannot run it at all (PTX only runs forward); a GPU newer
+        # than its newest target could only run it through PTX JIT, which envforge does not count on
+        # without a record that the build carries PTX.
+        targets = matrix.targets(build.cuda)
+        if targets is not None and targets.sass:
+            oldest, newest = min(targets.sass, key=_cc), max(targets.sass, key=_cc)
+            for gpu in _unique_by_arch([g for g in nvidia_gpus if g.arch]):
+                assert gpu.arch is not None
+                cc = _cc(gpu.arch)
+                sass_fits = any(_cc(t)[0] == cc[0] and _cc(t)[1] <= cc[1] for t in targets.sass)
+                if cc < _cc(oldest) or (cc > _cc(newest) and not sass_fits):
+                    where = "older than" if cc < _cc(oldest) else "newer than"
+                    reasons.append(Reason(
+                        "arch_unsupported",
+                        f"{name}: CUDA {build.cuda} can compile for compute capability {oldest} to {newest} only; "
+                        f"{gpu.name} ({gpu.arch}) is {where} that (the build's own arch list is not recorded)",
+                        _arch_fix(matrix, framework, build, gpu, request),
+                    ))
     if build.cuda and nvidia_gpus and arch_known(build):
         missing = [g for g in nvidia_gpus if g.arch and arch_support(build, g.arch) is None]
         for gpu in _unique_by_arch(missing):
