@@ -49,6 +49,10 @@ def builds_table(docs: Sequence[dict[str, Any]]) -> str:
     return text
 
 
+def _version_key(text: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else 0 for p in text.split("."))
+
+
 def host_text(host: Any) -> str:
     lines = [f"source     {host.source}"]
     lines.append(f"driver     {host.driver or '-'}" + (f"  (supports CUDA <= {host.driver_cuda})" if host.driver_cuda else ""))
@@ -109,17 +113,32 @@ def resolution_text(res: Any, max_rejections: int = 25) -> str:
         lines.append(f"NO BUILD: no {req.framework} build fits this target ({res.candidates} candidates considered)")
     for warning in res.warnings:
         lines.append(f"warning: {warning}")
-    if res.rejected:
+    # People read the rejections that explain the answer; --json has every one. Builds for another
+    # accelerator than the one asked for (or the host has) are summarised, not listed.
+    shown = [r for r in res.rejected if any(x.code not in ("cuda_mismatch", "not_published") for x in r.reasons)]
+    unpublished = [r for r in res.rejected if all(x.code == "not_published" for x in r.reasons)]
+    hidden = len(res.rejected) - len(shown) - len(unpublished)
+    if unpublished:
+        versions = sorted({r.version for r in unpublished}, key=_version_key)
+        span = versions[0] if len(versions) == 1 else f"{versions[0]} … {versions[-1]} ({len(versions)} releases)"
+        lines.append("")
+        what = unpublished[0].reasons[0].message.split(" has ", 1)[-1]
+        lines.append(f"not published: {span} {'has' if len(versions) == 1 else 'have'} {what}")
+        lines.append(f"  {unpublished[0].reasons[0].fix.split('; ')[-1]}")
+    if shown:
         lines.append("")
         lines.append("rejected:" if sel is None else "rejected (same or newer releases):")
         rows = []
-        for rejection in res.rejected[:max_rejections]:
-            for i, reason in enumerate(rejection.reasons):
+        for rejection in shown[:max_rejections]:
+            reasons = [x for x in rejection.reasons if x.code != "cuda_mismatch"] or list(rejection.reasons)
+            for i, reason in enumerate(reasons):
                 rows.append([
                     rejection.version if i == 0 else "", rejection.variant if i == 0 else "",
                     reason.code, reason.message, reason.fix,
                 ])
         lines.append(table(["version", "variant", "reason", "why", "fix"], rows))
-        if len(res.rejected) > max_rejections:
-            lines.append(f"... and {len(res.rejected) - max_rejections} more (--json lists all)")
+        if len(shown) > max_rejections:
+            lines.append(f"... and {len(shown) - max_rejections} more (--json lists all)")
+    if hidden:
+        lines.append(f"({hidden} build(s) for another accelerator than the target's not shown; --json lists them)")
     return "\n".join(lines)

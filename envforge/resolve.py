@@ -262,19 +262,6 @@ def _judge(
     native = True
     name = f"{framework} {build.version} ({build.variant})"
 
-    if not _python_ok(release, python):
-        reasons.append(Reason(
-            "python_unsupported",
-            f"{framework} {build.version} supports Python {release.python}, not {python}",
-            _python_fix(matrix, framework, release, python),
-        ))
-    if request.platform not in build.platforms:
-        reasons.append(Reason(
-            "platform_unsupported",
-            f"{name} is published for {', '.join(build.platforms)}, not {request.platform}",
-            _platform_fix(matrix, framework, build, request.platform),
-        ))
-
     # Which accelerator was asked for, against what this build is.
     if cuda_req.kind == "cuda" and not (build.cuda and cuda_req.matches_cuda(build.cuda)):
         reasons.append(Reason(
@@ -317,6 +304,24 @@ def _judge(
                 "ask for one explicitly with --cuda X.Y, describe the target with --driver/--gpu, "
                 "or use --no-detect",
             ))
+
+    if any(r.code == "cuda_mismatch" for r in reasons):
+        # Not the accelerator asked for (or the host has): its driver and GPU checks are moot.
+        return _Judged(release, build, tuple(reasons), native, tuple(warnings))
+
+    if not _python_ok(release, python):
+        reasons.append(Reason(
+            "python_unsupported",
+            f"{framework} {build.version} supports Python {release.python}, not {python}",
+            _python_fix(matrix, framework, release, python),
+        ))
+    if request.platform not in build.platforms:
+        reasons.append(Reason(
+            "platform_unsupported",
+            f"{name} is published for {', '.join(build.platforms)}, not {request.platform}",
+            _platform_fix(matrix, framework, build, request.platform),
+        ))
+
 
     # Driver floor.
     if build.cuda and host.driver:
