@@ -20,11 +20,17 @@ def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session")
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("envforge-cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, _cache_dir: Path) -> None:
     for key in list(os.environ):
         if key.startswith(STRIP_PREFIXES) or key in STRIP_NAMES:
             monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("ENVFORGE_CACHE_DIR", str(_cache_dir))
 
 
 @pytest.fixture(scope="session")

@@ -111,8 +111,10 @@ def test_dangling_references_are_reported(
 
 def test_load_refuses_a_broken_directory(broken_copy: Path) -> None:
     (broken_copy / "gpus.toml").write_text("[meta]\nsubject = 'gpus'\n[[gpu]]\nname = 1\n")
+    data = matrix_mod.load(broken_copy)  # files are read when first used
+    assert data.releases("torch")
     with pytest.raises(MatrixError) as info:
-        matrix_mod.load(broken_copy)
+        data.gpus()
     assert "gpus.toml" in info.value.message
 
 
@@ -138,3 +140,23 @@ def test_each_nvml_name_and_alias_finds_its_gpu(matrix) -> None:
         assert matrix.gpu(gpu.name.upper()) is gpu
         for alias in gpu.aliases:
             assert matrix.gpu(alias) is gpu
+
+
+def test_parse_cache_is_keyed_on_the_file_and_survives_corruption(tmp_path: Path, monkeypatch) -> None:
+    data = tmp_path / "matrices"
+    shutil.copytree(MATRICES, data)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ENVFORGE_CACHE_DIR", str(cache))
+    first = matrix_mod._LazyFiles(data)["gpus"]
+    written = list(cache.glob("gpus-*.pickle"))
+    assert len(written) == 1
+    assert matrix_mod._LazyFiles(data)["gpus"] == first  # served from the cache
+    # an edited file is a different key: the edit is seen, the old entry replaced
+    path = data / "gpus.toml"
+    path.write_text(path.read_text().replace('family = "Ampere"', 'family = "Ampère"', 1))
+    assert any(g.family == "Ampère" for g in matrix_mod._LazyFiles(data)["gpus"].rows("gpu"))
+    assert len(list(cache.glob("gpus-*.pickle"))) == 1
+    # a corrupt entry is only a miss
+    for entry in cache.glob("gpus-*.pickle"):
+        entry.write_bytes(b"not a pickle")
+    assert any(g.family == "Ampère" for g in matrix_mod._LazyFiles(data)["gpus"].rows("gpu"))
