@@ -76,3 +76,10 @@ class CheckFailed(EnvforgeError):
 
     exit_code = EXIT_NEGATIVE
     code = "check_failed"
+
+
+class LockError(EnvforgeError):
+    """The resolver found no solution: conflicting pins, an unknown package, no build for the target."""
+
+    exit_code = EXIT_NEGATIVE
+    code = "lock_failed"

@@ -1,0 +1,1 @@
+"""Locking: turn a Resolution into hashed, reproducible lock files (pip requirements, pylock.toml, conda)."""
