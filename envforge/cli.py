@@ -18,6 +18,7 @@ from .options import (
     cuda_option,
     host_options,
     json_option,
+    lock_target_options,
     platform_option,
     python_option,
     target_options,
@@ -264,6 +265,115 @@ def _request(data: Any, framework: str | None, version: str | None, cuda: str | 
         driver_policy=driver_policy,
         allow_cpu=allow_cpu,
     )
+
+
+# --------------------------------------------------------------------------- lock
+
+
+@cli.command()
+@lock_target_options
+@click.option("--format", "fmt", type=click.Choice(["pip", "pylock", "conda"]), default="pip", show_default=True,
+              help="pip: hashed requirements; pylock: PEP 751 pylock.toml; conda: environment.yml + conda-lock.yml.")
+@click.option("--resolver", type=click.Choice(["uv", "pip-tools"]), default="uv", show_default=True,
+              help="The resolver that computes the lock.")
+@click.option("--with", "with_packages", multiple=True, metavar="PKG", help="Also lock this requirement (repeatable).")
+@click.option("-r", "--requirement", "requirement_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Also lock the requirements in this file (repeatable).")
+@click.option("--pyproject", type=click.Path(dir_okay=False), help="Also lock this pyproject.toml's [project] dependencies.")
+@click.option("--no-companions", is_flag=True, help="Do not add torchvision/torchaudio of the same release.")
+@click.option("-o", "--output", "output", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Directory to write the lock files into.")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 and show the diff if the lock on disk is stale.")
+@click.option("--index-url", default=None, metavar="URL", help="The default index (env ENVFORGE_INDEX_URL; default PyPI).")
+@click.option("--torch-index", default=None, metavar="URL",
+              help="Base of the PyTorch wheel index (env ENVFORGE_TORCH_INDEX; default https://download.pytorch.org/whl).")
+@click.option("-v", "--verbose", is_flag=True, help="Show the resolver commands on stderr.")
+@json_option
+def lock(framework: str | None, version: str | None, cuda: Sequence[str], python: str | None,
+         platform: Sequence[str], driver: str | None, gpu: Sequence[str], arch: Sequence[str], no_detect: bool,
+         driver_policy: str, allow_cpu: bool, fmt: str, resolver: str, with_packages: Sequence[str],
+         requirement_files: Sequence[str], pyproject: str | None, no_companions: bool, output: str, check: bool,
+         index_url: str | None, torch_index: str | None, verbose: bool, as_json: bool) -> None:
+    """The main job: resolve the target(s), then write a hashed lock per target and envforge.lock.json.
+
+    \b
+    envforge lock -f torch --cuda 11.8 -o out/
+    envforge lock -f torch --version 2.7.1 --cuda 11.8 --cuda 12.6 --cuda cpu -o locks/
+    envforge lock -f jax --cuda 12 --with optax -o out/ --check
+    """
+    import os
+    import shlex
+    from pathlib import Path
+
+    from . import matrix as matrix_mod
+    from . import resolve as resolve_mod
+    from .errors import BadInput, NoCompatibleBuild
+
+    if fmt == "conda":
+        raise BadInput("--format conda is not available yet in this version of envforge",
+                       fix="use --format pip (default) or --format pylock")
+    for path in (*requirement_files, *([pyproject] if pyproject else [])):
+        if not Path(path).is_file():
+            raise BadInput(f"cannot read {path}: no such file")
+    data = matrix_mod.load()
+    host = _probe(data, driver, gpu, arch, no_detect)
+    requests = [
+        _request(data, framework, version, c, python, p, driver_policy, allow_cpu)
+        for c in (cuda or ("auto",)) for p in (platform or (None,))
+    ]
+    resolutions = [resolve_mod.resolve(data, host, r) for r in requests]
+    failed = [r for r in resolutions if not r.ok]
+    if failed:
+        from . import report
+
+        for res in failed:
+            click.echo(report.resolution_text(res), err=True)
+        targets = ", ".join(f"--cuda {r.request.cuda} ({r.request.platform})" for r in failed)
+        raise NoCompatibleBuild(f"no compatible build for {targets}: nothing was locked",
+                                fix="see the rejected builds above and their fixes")
+    args = [a for a in sys.argv[1:] if a != "--check"] if sys.argv[1:2] == ["lock"] else ["lock"]
+    from .lock import pip as pip_lock
+
+    options = pip_lock.LockOptions(
+        format=fmt,
+        resolver=resolver,
+        with_packages=tuple(with_packages),
+        requirement_files=tuple(Path(p) for p in requirement_files),
+        pyproject=Path(pyproject) if pyproject else None,
+        companions=not no_companions,
+        index_url=index_url or os.environ.get("ENVFORGE_INDEX_URL") or pip_lock.PYPI_SIMPLE,
+        torch_index=torch_index or os.environ.get("ENVFORGE_TORCH_INDEX") or pip_lock.PYTORCH_INDEX,
+        command="envforge " + " ".join(shlex.quote(a) for a in args),
+        verbose=verbose,
+    )
+    lockset = pip_lock.lock_all(resolutions, options, data.read_date())
+    out_dir = Path(output)
+    for res in resolutions:
+        for warning in res.warnings:
+            click.echo(f"warning: {res.selected.variant if res.selected else ''}: {warning}", err=True)
+    if check:
+        diff = pip_lock.compare(out_dir, lockset)
+        if as_json:
+            _emit_json({"ok": not diff, "stale": bool(diff), "diff": diff})
+        elif diff:
+            click.echo(diff, nl=False)
+            click.echo(f"the lock in {out_dir} is stale: re-run the command without --check", err=True)
+        else:
+            click.echo(f"the lock in {out_dir} is up to date", err=True)
+        if diff:
+            sys.exit(1)
+        return
+    written = pip_lock.write(out_dir, lockset)
+    if as_json:
+        _emit_json({"ok": True, "files": [str(p) for p in written],
+                    "targets": json.loads(lockset.manifest)["targets"]})
+    else:
+        for target in lockset.targets:
+            sel = target.resolution.selected
+            assert sel is not None
+            click.echo(f"wrote {out_dir / target.file}: {sel.framework} {sel.version} ({sel.variant}), "
+                       f"Python {target.resolution.request.python}, {target.resolution.request.platform}")
+        click.echo(f"wrote {out_dir / pip_lock.MANIFEST}")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -72,3 +72,18 @@ def apply(options: tuple[Callable[[F], F], ...]) -> Callable[[F], F]:
 
 target_options = apply(TARGET_OPTIONS)
 host_options = apply(HOST_OPTIONS)
+
+# `lock` takes several targets at once: --cuda and --platform repeat there.
+cuda_multi_option = click.option(
+    "--cuda", "cuda", metavar="X.Y|X|cpu|rocmX.Y|auto", multiple=True,
+    help="CUDA runtime of the build (repeatable: one lock per target): 11.8, 12, cpu, rocmX.Y, auto (default).",
+)
+platform_multi_option = click.option(
+    "--platform", "platform", metavar="linux-64|linux-aarch64|osx-arm64|win-64", multiple=True,
+    help="Target platform (repeatable; default: this machine's).",
+)
+LOCK_TARGET_OPTIONS = (
+    framework_option, version_option, cuda_multi_option, python_option, platform_multi_option,
+    *HOST_OPTIONS, driver_policy_option, allow_cpu_option,
+)
+lock_target_options = apply(LOCK_TARGET_OPTIONS)

@@ -1,0 +1,68 @@
+"""The pip-tools adapter: `pip-compile --generate-hashes`, for teams standardised on it (--resolver pip-tools).
+
+pip-compile resolves for the interpreter it runs in: it cannot lock for another
+Python or platform, so such targets are refused with a pointer to uv.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import BadInput, EnvironmentFailure, LockError
+from ..hardware import platform_tag
+from ..proc import isolated_env, run
+from .interface import CompileSpec
+
+
+class PipToolsLocker:
+    name = "pip-tools"
+
+    def command(self, spec: CompileSpec) -> list[str]:
+        cmd = [
+            sys.executable, "-m", "piptools", "compile",
+            "--quiet",
+            "--generate-hashes",
+            "--allow-unsafe",  # pin setuptools & co. too, as uv does: same pins from both
+            "--strip-extras",
+            "--no-header",
+            "--no-emit-index-url",
+            "--no-emit-trusted-host",
+            "--index-url", spec.indexes.default_index,
+        ]
+        if spec.indexes.framework_index:
+            cmd += ["--extra-index-url", spec.indexes.framework_index]
+        if spec.indexes.find_links:
+            cmd += ["--find-links", spec.indexes.find_links]
+        cmd += ["--output-file", "-", "--cache-dir", str(spec.workdir / ".pip-tools-cache")]
+        cmd += [str(p) for p in spec.inputs]
+        return cmd
+
+    def compile(self, spec: CompileSpec) -> str:
+        running = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        here = platform_tag()
+        if spec.output != "requirements":
+            raise BadInput("pip-tools writes requirements files only; use --resolver uv for --format pylock")
+        if spec.python != running or spec.platform != here:
+            raise BadInput(
+                f"pip-compile resolves for the interpreter it runs in (Python {running} on {here}), "
+                f"not for Python {spec.python} on {spec.platform}.",
+                fix="use --resolver uv (the default), which locks for any target",
+            )
+        proc = run(self.command(spec), tool="pip-compile", install_hint="pip install pip-tools",
+                   cwd=spec.workdir, env=isolated_env(), verbose=spec.verbose)
+        if proc.returncode != 0:
+            err = proc.stderr.strip()
+            lower = err.lower()
+            if "no module named piptools" in lower:
+                from ..errors import ToolNotFound
+
+                raise ToolNotFound("pip-tools is not installed", fix="pip install pip-tools")
+            if any(s in lower for s in ("connection", "max retries", "name resolution", "timed out")) and \
+                    "no matching distribution" not in lower and "resolutionimpossible" not in lower:
+                raise EnvironmentFailure(f"pip-compile could not reach the index:\n{err[-2000:]}")
+            raise LockError(f"pip-compile found no solution:\n{err[-2000:]}",
+                            fix="relax or correct the conflicting pins named above")
+        text = proc.stdout
+        for path, label in spec.labels.items():
+            text = text.replace(path, label)
+        return text
