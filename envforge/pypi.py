@@ -31,6 +31,7 @@ class DistFile:
     requires_python: str | None
     upload_time: str | None
     yanked: bool
+    sha256: str | None = None
 
 
 class Transport(Protocol):
@@ -54,12 +55,19 @@ class HttpTransport:
 
 
 class PyPI:
-    def __init__(self, transport: Transport | None = None) -> None:
+    """A simple-API client for PyPI or any PEP 503 / PEP 691 index (`simple_url` has a {name} slot)."""
+
+    def __init__(self, transport: Transport | None = None, simple_url: str = SIMPLE_URL) -> None:
         self.transport = transport or HttpTransport()
+        self.simple_url = simple_url
 
     def files(self, name: str) -> list[DistFile]:
-        raw = self.transport.get(SIMPLE_URL.format(name=name), {"Accept": "application/vnd.pypi.simple.v1+json"})
-        doc = json.loads(raw)
+        url = self.simple_url.format(name=name)
+        raw = self.transport.get(url, {"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return _parse_html(raw.decode("utf-8", "replace"), url)
         return [
             DistFile(
                 filename=f["filename"],
@@ -67,6 +75,7 @@ class PyPI:
                 requires_python=f.get("requires-python"),
                 upload_time=f.get("upload-time"),
                 yanked=bool(f.get("yanked")),
+                sha256=(f.get("hashes") or {}).get("sha256"),
             )
             for f in doc.get("files", [])
         ]
@@ -102,6 +111,33 @@ class PyPI:
                 return raw.decode("utf-8", "replace")
             pos += 46 + name_len + extra_len + comment_len
         raise EnvironmentFailure(f"{url}: no *.dist-info/METADATA in the wheel")
+
+
+_ANCHOR = re.compile(r"<a\s+([^>]*)>([^<]*)</a>", re.IGNORECASE)
+
+
+def _parse_html(text: str, base: str) -> list[DistFile]:
+    """A PEP 503 HTML page: one anchor per file, the sha256 in the URL fragment."""
+    import html
+    from urllib.parse import urljoin
+
+    out = []
+    for attrs, label in _ANCHOR.findall(text):
+        href = re.search(r'href="([^"]*)"', attrs)
+        if not href:
+            continue
+        url = urljoin(base, html.unescape(href.group(1)))
+        digest = re.search(r"#sha256=([0-9a-f]{64})", url)
+        rp = re.search(r'data-requires-python="([^"]*)"', attrs)
+        out.append(DistFile(
+            filename=html.unescape(label.strip()) or url.split("#")[0].rsplit("/", 1)[-1],
+            url=url.split("#")[0],
+            requires_python=html.unescape(rp.group(1)) if rp else None,
+            upload_time=None,
+            yanked="data-yanked" in attrs,
+            sha256=digest.group(1) if digest else None,
+        ))
+    return out
 
 
 def _zip64_sizes(extra: bytes, uncompressed: int, comp_size: int, local_offset: int) -> tuple[int, int]:

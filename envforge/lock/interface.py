@@ -44,7 +44,8 @@ class IndexPlan:
 
 @dataclass(frozen=True)
 class CompileSpec:
-    inputs: tuple[Path, ...]  # requirement files and/or a pyproject.toml, in order
+    requirements: tuple[str, ...]  # the direct requirements envforge adds (framework build, companions, --with)
+    inputs: tuple[Path, ...]  # the user's requirement files and/or pyproject.toml, in order
     python: str  # "3.11"
     platform: str  # linux-64 | linux-aarch64 | osx-arm64 | win-64
     indexes: IndexPlan
@@ -63,6 +64,13 @@ class Locker(Protocol):
 
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)", re.MULTILINE)
+
+
+def write_requirements_in(spec: CompileSpec) -> Path:
+    """envforge's own requirements as an input file in the scratch directory."""
+    path = spec.workdir / "envforge.in"
+    path.write_text("\n".join(spec.requirements) + "\n")
+    return path
 
 
 def pins(text: str) -> dict[str, str]:

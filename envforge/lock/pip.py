@@ -137,14 +137,11 @@ def lock_one(res: Resolution, options: LockOptions, file: str, matrices_read: st
     plan = index_plan(sel, options)
     with tempfile.TemporaryDirectory(prefix="envforge-lock-") as tmp:
         work = Path(tmp)
-        generated = work / "envforge.in"
-        lines = [f"# {sel.framework} build chosen by envforge", *framework_requirements(sel, options.companions)]
-        lines += list(options.with_packages)
-        generated.write_text("\n".join(lines) + "\n")
-        inputs = [generated, *(p.resolve() for p in options.requirement_files)]
+        inputs = [p.resolve() for p in options.requirement_files]
         if options.pyproject:
             inputs.append(options.pyproject.resolve())
         spec = CompileSpec(
+            requirements=(*framework_requirements(sel, options.companions), *options.with_packages),
             inputs=tuple(inputs),
             python=res.request.python or "3.11",
             platform=res.request.platform,
@@ -152,7 +149,7 @@ def lock_one(res: Resolution, options: LockOptions, file: str, matrices_read: st
             workdir=work,
             output="pylock" if options.format == "pylock" else "requirements",
             verbose=options.verbose,
-            labels={str(generated): "envforge (framework build)", tmp: "."},
+            labels={tmp + "/": "", tmp: "."},
         )
         body = locker.compile(spec)
     head = header(options.command, matrices_read, _details(res))

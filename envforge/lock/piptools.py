@@ -11,13 +11,15 @@ import sys
 from ..errors import BadInput, EnvironmentFailure, LockError
 from ..hardware import platform_tag
 from ..proc import isolated_env, run
-from .interface import CompileSpec
+from pathlib import Path
+
+from .interface import CompileSpec, write_requirements_in
 
 
 class PipToolsLocker:
     name = "pip-tools"
 
-    def command(self, spec: CompileSpec) -> list[str]:
+    def command(self, spec: CompileSpec, inputs: list[Path]) -> list[str]:
         cmd = [
             sys.executable, "-m", "piptools", "compile",
             "--quiet",
@@ -34,7 +36,7 @@ class PipToolsLocker:
         if spec.indexes.find_links:
             cmd += ["--find-links", spec.indexes.find_links]
         cmd += ["--output-file", "-", "--cache-dir", str(spec.workdir / ".pip-tools-cache")]
-        cmd += [str(p) for p in spec.inputs]
+        cmd += [str(p) for p in inputs]
         return cmd
 
     def compile(self, spec: CompileSpec) -> str:
@@ -48,7 +50,8 @@ class PipToolsLocker:
                 f"not for Python {spec.python} on {spec.platform}.",
                 fix="use --resolver uv (the default), which locks for any target",
             )
-        proc = run(self.command(spec), tool="pip-compile", install_hint="pip install pip-tools",
+        inputs = [write_requirements_in(spec), *spec.inputs]
+        proc = run(self.command(spec, inputs), tool="pip-compile", install_hint="pip install pip-tools",
                    cwd=spec.workdir, env=isolated_env(), verbose=spec.verbose)
         if proc.returncode != 0:
             err = proc.stderr.strip()
@@ -65,4 +68,10 @@ class PipToolsLocker:
         text = proc.stdout
         for path, label in spec.labels.items():
             text = text.replace(path, label)
+        if spec.indexes.framework_index:
+            # pip merges its indexes and takes the best version from any: it cannot keep the
+            # framework index to the framework's packages. Refuse a lock that took anything else from it.
+            from .verify import check_default_index
+
+            check_default_index(text, spec.indexes)
         return text

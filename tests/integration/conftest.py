@@ -259,3 +259,21 @@ def result(request: pytest.FixtureRequest, declared_results: dict[Run, DetectRes
         pytest.fail("the `result` fixture needs @pytest.mark.detect_run(...) on the test", pytrace=False)
     run = _declared(marker)
     return declared_results[run] if run in declared_results else detect.run(run)
+
+
+# --------------------------------------------------------------------------- local wheel indexes (lock tests)
+
+
+@pytest.fixture(scope="session")
+def wheel_index(tmp_path_factory: pytest.TempPathFactory):
+    """The PyPI and download.pytorch.org stand-ins of tests/fakes/wheelindex.py, served on 127.0.0.1.
+
+    Built once per session; yields the Layout with its URLs filled in:
+    `wheel_index.pypi_simple` (http://127.0.0.1:PORT/pypi/simple) and
+    `wheel_index.torch_index("cu118")` (http://127.0.0.1:PORT/whl/cu118).
+    """
+    from tests.fakes.wheelindex import build_indexes, serve
+
+    layout = build_indexes(tmp_path_factory.mktemp("wheel-index"))
+    with serve(layout.root) as base_url:
+        yield layout.at(base_url)

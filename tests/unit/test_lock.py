@@ -74,7 +74,7 @@ def test_pip_tools_refuses_a_foreign_target(tmp_path: Path) -> None:
     from envforge.lock.interface import CompileSpec
     from envforge.lock.piptools import PipToolsLocker
 
-    spec = CompileSpec(inputs=(), python="3.7", platform="linux-64", indexes=IndexPlan(), workdir=tmp_path)
+    spec = CompileSpec(requirements=(), inputs=(), python="3.7", platform="linux-64", indexes=IndexPlan(), workdir=tmp_path)
     with pytest.raises(BadInput) as info:
         PipToolsLocker().compile(spec)
     assert "--resolver uv" in (info.value.fix or "")
