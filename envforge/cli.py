@@ -287,13 +287,16 @@ def _request(data: Any, framework: str | None, version: str | None, cuda: str | 
 @click.option("--index-url", default=None, metavar="URL", help="The default index (env ENVFORGE_INDEX_URL; default PyPI).")
 @click.option("--torch-index", default=None, metavar="URL",
               help="Base of the PyTorch wheel index (env ENVFORGE_TORCH_INDEX; default https://download.pytorch.org/whl).")
+@click.option("--conda-channel", "conda_channel", multiple=True, metavar="NAME=URL",
+              help="Solve conda channel NAME from URL instead (a mirror or a local channel; repeatable).")
 @click.option("-v", "--verbose", is_flag=True, help="Show the resolver commands on stderr.")
 @json_option
 def lock(framework: str | None, version: str | None, cuda: Sequence[str], python: str | None,
          platform: Sequence[str], driver: str | None, gpu: Sequence[str], arch: Sequence[str], no_detect: bool,
          driver_policy: str, allow_cpu: bool, fmt: str, resolver: str, with_packages: Sequence[str],
          requirement_files: Sequence[str], pyproject: str | None, no_companions: bool, output: str, check: bool,
-         index_url: str | None, torch_index: str | None, verbose: bool, as_json: bool) -> None:
+         index_url: str | None, torch_index: str | None, conda_channel: Sequence[str], verbose: bool,
+         as_json: bool) -> None:
     """The main job: resolve the target(s), then write a hashed lock per target and envforge.lock.json.
 
     \b
@@ -309,9 +312,14 @@ def lock(framework: str | None, version: str | None, cuda: Sequence[str], python
     from . import resolve as resolve_mod
     from .errors import BadInput, NoCompatibleBuild
 
-    if fmt == "conda":
-        raise BadInput("--format conda is not available yet in this version of envforge",
-                       fix="use --format pip (default) or --format pylock")
+    channel_urls = {}
+    for item in conda_channel:
+        name, sep, url = item.partition("=")
+        if not sep or not name or not url:
+            raise BadInput(f"--conda-channel {item!r}: give NAME=URL (e.g. conda-forge=https://mirror/conda-forge)")
+        channel_urls[name] = url
+    if fmt == "conda" and resolver != "uv":
+        raise BadInput("--resolver applies to pip locks; conda locks are solved by conda-lock or rattler")
     for path in (*requirement_files, *([pyproject] if pyproject else [])):
         if not Path(path).is_file():
             raise BadInput(f"cannot read {path}: no such file")
@@ -346,7 +354,12 @@ def lock(framework: str | None, version: str | None, cuda: Sequence[str], python
         command="envforge " + " ".join(shlex.quote(a) for a in args),
         verbose=verbose,
     )
-    lockset = pip_lock.lock_all(resolutions, options, data.read_date())
+    if fmt == "conda":
+        from .lock.condaset import lock_conda
+
+        lockset = lock_conda(resolutions, options, data.read_date(), channel_urls or None)
+    else:
+        lockset = pip_lock.lock_all(resolutions, options, data.read_date())
     out_dir = Path(output)
     for res in resolutions:
         for warning in res.warnings:
