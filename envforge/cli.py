@@ -389,6 +389,16 @@ def lock(framework: str | None, version: str | None, cuda: Sequence[str], python
         click.echo(f"wrote {out_dir / pip_lock.MANIFEST}")
 
 
+# --------------------------------------------------------------------------- commands in their own modules
+
+from .commands.checks import check as _check_command, doctor as _doctor_command  # noqa: E402
+from .commands.smoke import smoke as _smoke_command  # noqa: E402
+
+cli.add_command(_smoke_command)
+cli.add_command(_check_command)
+cli.add_command(_doctor_command)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
