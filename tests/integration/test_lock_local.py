@@ -145,3 +145,24 @@ def test_a_lock_for_another_python_and_platform(wheel_index, tmp_path: Path) -> 
     refused = subprocess.run(cmd[:-2] + ["-o", str(tmp_path / "pt"), "--resolver", "pip-tools"],
                              capture_output=True, text=True, env=env, cwd=ROOT)
     assert refused.returncode == 2 and "--resolver uv" in refused.stderr
+
+
+def test_user_requirements_from_with_r_and_pyproject(wheel_index, tmp_path: Path) -> None:
+    (tmp_path / "requirements.in").write_text("filelock<3.14\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "my-model"\nversion = "1.0"\ndependencies = ["pillow==10.2.0"]\n')
+    out = tmp_path / "out"
+    proc = envforge(wheel_index, out, "-f", "torch", "--version", "2.1.2", "--cuda", "11.8",
+                    "-r", str(tmp_path / "requirements.in"), "--pyproject", str(tmp_path / "pyproject.toml"),
+                    "--with", "typing-extensions<4.10", "--no-companions")
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "requirements.lock").read_text()
+    got = pins(text)
+    assert got["filelock"] == "3.13.1" and got["pillow"] == "10.2.0" and got["typing-extensions"] == "4.9.0"
+    assert "torchvision" not in got and got["torch"] == "2.1.2+cu118"
+    assert str(tmp_path) in text  # annotations name the user's own files
+    manifest = json.loads((out / "envforge.lock.json").read_text())
+    assert list(manifest["inputs"]["requirements"].values())[0] == __import__("hashlib").sha256(
+        b"filelock<3.14\n").hexdigest()
+    missing = envforge(wheel_index, out, "-f", "torch", "--version", "2.1.2", "--cuda", "11.8", "-r", "nope.in")
+    assert missing.returncode == 2 and "nope.in" in missing.stderr
