@@ -287,6 +287,8 @@ def _request(data: Any, framework: str | None, version: str | None, cuda: str | 
 @click.option("--index-url", default=None, metavar="URL", help="The default index (env ENVFORGE_INDEX_URL; default PyPI).")
 @click.option("--torch-index", default=None, metavar="URL",
               help="Base of the PyTorch wheel index (env ENVFORGE_TORCH_INDEX; default https://download.pytorch.org/whl).")
+@click.option("--no-dockerfile", is_flag=True, help="Do not write a Dockerfile beside a pip lock.")
+@click.option("--base-image", default=None, metavar="IMAGE", help="Base image for the Dockerfile (default: from the resolution).")
 @click.option("--conda-channel", "conda_channel", multiple=True, metavar="NAME=URL",
               help="Solve conda channel NAME from URL instead (a mirror or a local channel; repeatable).")
 @click.option("-v", "--verbose", is_flag=True, help="Show the resolver commands on stderr.")
@@ -295,8 +297,8 @@ def lock(framework: str | None, version: str | None, cuda: Sequence[str], python
          platform: Sequence[str], driver: str | None, gpu: Sequence[str], arch: Sequence[str], no_detect: bool,
          driver_policy: str, allow_cpu: bool, fmt: str, resolver: str, with_packages: Sequence[str],
          requirement_files: Sequence[str], pyproject: str | None, no_companions: bool, output: str, check: bool,
-         index_url: str | None, torch_index: str | None, conda_channel: Sequence[str], verbose: bool,
-         as_json: bool) -> None:
+         index_url: str | None, torch_index: str | None, no_dockerfile: bool, base_image: str | None,
+         conda_channel: Sequence[str], verbose: bool, as_json: bool) -> None:
     """The main job: resolve the target(s), then write a hashed lock per target and envforge.lock.json.
 
     \b
@@ -360,6 +362,8 @@ def lock(framework: str | None, version: str | None, cuda: Sequence[str], python
         lockset = lock_conda(resolutions, options, data.read_date(), channel_urls or None)
     else:
         lockset = pip_lock.lock_all(resolutions, options, data.read_date())
+        if fmt == "pip" and not no_dockerfile:
+            _add_dockerfiles(lockset, options.command, data.read_date(), base_image)
     out_dir = Path(output)
     for res in resolutions:
         for warning in res.warnings:
@@ -386,7 +390,145 @@ def lock(framework: str | None, version: str | None, cuda: Sequence[str], python
             assert sel is not None
             click.echo(f"wrote {out_dir / target.file}: {sel.framework} {sel.version} ({sel.variant}), "
                        f"Python {target.resolution.request.python}, {target.resolution.request.platform}")
+        for name in sorted(lockset.extra):
+            click.echo(f"wrote {out_dir / name}")
         click.echo(f"wrote {out_dir / pip_lock.MANIFEST}")
+
+
+def _add_dockerfiles(lockset: Any, command: str, matrices_read: str, base_image: str | None) -> None:
+    """A Dockerfile per locked target (Dockerfile, or Dockerfile.<suffix> for several) and the guard."""
+    from . import dockerfile as dockerfile_mod
+
+    many = len(lockset.targets) > 1
+    for target in list(lockset.targets):
+        spec = dockerfile_mod.Target.from_resolution(target.resolution, target.file)
+        name = "Dockerfile"
+        if many:
+            name += "." + target.file.removeprefix("requirements-").removesuffix(".lock")
+        text = dockerfile_mod.render(spec, command=command, matrices_read=matrices_read, base_image=base_image)
+        lockset.extra[name] = text
+    lockset.extra[dockerfile_mod.GUARD_FILE] = dockerfile_mod.guard_text()
+
+
+# --------------------------------------------------------------------------- dockerfile / build
+
+
+@cli.command()
+@target_options
+@click.option("--lock", "lock_dir", type=click.Path(file_okay=False), help="Make it for the lock in this directory.")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False),
+              help="Write here (default: stdout; with --lock, LOCKDIR/Dockerfile).")
+@click.option("--base-image", default=None, metavar="IMAGE", help="Override the base image.")
+@click.option("--pin-digest", is_flag=True, help="Resolve the base image's tag to its digest at the registry.")
+@click.option("--wheelhouse", default=None, metavar="DIR",
+              help="Air-gapped build: install from DIR (inside the lock directory) with --no-index.")
+@click.option("--fill-wheelhouse", is_flag=True, help="Download the lock's wheels into the wheelhouse (pip download).")
+@click.option("-v", "--verbose", is_flag=True, help="Show the commands run on stderr.")
+def dockerfile(framework: str | None, version: str | None, cuda: str | None, python: str | None,
+               platform: str | None, driver: str | None, gpu: Sequence[str], arch: Sequence[str], no_detect: bool,
+               driver_policy: str, allow_cpu: bool, lock_dir: str | None, output: str | None,
+               base_image: str | None, pin_digest: bool, wheelhouse: str | None, fill_wheelhouse: bool,
+               verbose: bool) -> None:
+    """A Dockerfile for a target (resolved now) or for an existing lock (--lock DIR).
+
+    \b
+    envforge dockerfile -f torch --cuda 11.8            # to stdout, for a requirements.lock beside it
+    envforge dockerfile --lock out/ --base-image debian:bookworm --wheelhouse wheelhouse --fill-wheelhouse
+    """
+    import shlex
+    from pathlib import Path
+
+    from . import dockerfile as dockerfile_mod
+    from . import matrix as matrix_mod
+    from . import resolve as resolve_mod
+    from .errors import BadInput, NoCompatibleBuild
+    from .fsutil import write_atomic
+
+    data = matrix_mod.load()
+    command = "envforge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if lock_dir:
+        targets = dockerfile_mod.targets_from_lock(Path(lock_dir))
+        if len(targets) > 1:
+            raise BadInput(f"{lock_dir} holds {len(targets)} targets; `envforge lock` wrote a Dockerfile for each")
+        target = targets[0]
+    else:
+        request = _request(data, framework, version, cuda, python, platform, driver_policy, allow_cpu)
+        res = resolve_mod.resolve(data, _probe(data, driver, gpu, arch, no_detect), request)
+        if not res.ok:
+            from . import report
+
+            click.echo(report.resolution_text(res), err=True)
+            raise NoCompatibleBuild("no compatible build: no Dockerfile written")
+        target = dockerfile_mod.Target.from_resolution(res, "requirements.lock")
+    image = base_image
+    if pin_digest:
+        image = dockerfile_mod.pin_digest(base_image or target.base_image or "")
+    if wheelhouse and fill_wheelhouse:
+        if not lock_dir:
+            raise BadInput("--fill-wheelhouse needs --lock DIR (the wheels are downloaded from the lock)")
+        from .docker_build import fill_wheelhouse as fill
+
+        fill(Path(lock_dir) / target.lock_file, Path(lock_dir) / wheelhouse, target.python, target.platform,
+             verbose=verbose)
+    text = dockerfile_mod.render(target, command=command, matrices_read=data.read_date(), base_image=image,
+                                 wheelhouse=wheelhouse)
+    destination = Path(output) if output else (Path(lock_dir) / "Dockerfile" if lock_dir else None)
+    if destination is None:
+        click.echo(text, nl=False)
+        return
+    write_atomic(destination, text)
+    write_atomic(destination.parent / dockerfile_mod.GUARD_FILE, dockerfile_mod.guard_text())
+    click.echo(f"wrote {destination} and {destination.parent / dockerfile_mod.GUARD_FILE}", err=True)
+
+
+@cli.command()
+@click.argument("directory", required=False, default=".", type=click.Path(file_okay=False))
+@click.option("-t", "--tag", default=None, help="Image tag (default: envforge/<framework>:<version>-<variant>).")
+@click.option("-f", "--file", "dockerfile_name", default="Dockerfile", show_default=True, help="Dockerfile in DIRECTORY.")
+@click.option("--smoke", is_flag=True, help="Then run `envforge smoke --image TAG` in the built image.")
+@json_option
+def build(directory: str, tag: str | None, dockerfile_name: str, smoke: bool, as_json: bool) -> None:
+    """docker build a directory written by `envforge lock` (through the docker SDK), optionally smoke-test it."""
+    import time
+    from pathlib import Path
+
+    from . import docker_build
+
+    context = Path(directory)
+    if tag is None:
+        tag = _default_tag(context)
+    started = time.perf_counter()
+    image_id = docker_build.build(context, tag, dockerfile_name)
+    seconds = time.perf_counter() - started
+    size = docker_build.client().images.get(tag).attrs.get("Size")
+    click.echo(f"built {tag} ({image_id[:19]}) in {seconds:.1f} s" + (f", {size / 2**20:.0f} MiB" if size else ""),
+               err=True)
+    doc: dict[str, Any] = {"ok": True, "tag": tag, "id": image_id, "seconds": round(seconds, 1), "size": size}
+    if smoke:
+        from .commands.smoke import run_in_image
+
+        gpus = docker_build.nvidia_runtime()
+        if not gpus:
+            click.echo("no NVIDIA container runtime on this Docker daemon: the smoke test runs on the CPU", err=True)
+        report_doc, code = run_in_image(tag, gpus=gpus, as_json=as_json)
+        doc["smoke"] = report_doc
+        if as_json:
+            _emit_json(doc)
+        sys.exit(code)
+    if as_json:
+        _emit_json(doc)
+
+
+def _default_tag(context: Any) -> str:
+    import json as json_mod
+
+    from .lock.pip import MANIFEST
+
+    try:
+        target = json_mod.loads((context / MANIFEST).read_text())["targets"][0]
+        return f"envforge/{target['framework']}:{target['version']}-{target['variant']}"
+    except (OSError, ValueError, KeyError, IndexError):
+        return "envforge/image:latest"
 
 
 # --------------------------------------------------------------------------- commands in their own modules

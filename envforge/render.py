@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from pathlib import Path
+from typing import Any, Sequence
 
 from . import __version__
+
+
+def templates_dir() -> Path:
+    """templates/ of the source checkout, or the copy the wheel carries (envforge/_data/templates)."""
+    here = Path(__file__).resolve().parent
+    installed = here / "_data" / "templates"
+    return installed if installed.is_dir() else here.parent / "templates"
+
+
+def template_path(name: str) -> Path:
+    return templates_dir() / name
+
+
+@functools.lru_cache(maxsize=None)
+def _environment() -> Any:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # Dockerfiles, not HTML
+    )
+
+
+def template(name: str) -> Any:
+    return _environment().get_template(name)
 
 
 def header(command: str, matrices_read: str, details: Sequence[str] = (), comment: str = "#") -> str:

