@@ -63,7 +63,8 @@ def test_several_targets_deterministic_and_checked(tmp_path: Path) -> None:
     first = lock(tmp_path, *args)
     assert first.returncode == 0, first.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["envforge.lock.json", "requirements-cpu.lock", "requirements-cuda12.lock",
+    assert names == ["Dockerfile.cpu", "Dockerfile.cuda12", "Dockerfile.cuda13", "envforge-guard.py",
+                     "envforge.lock.json", "requirements-cpu.lock", "requirements-cuda12.lock",
                      "requirements-cuda13.lock"]
     before = {n: (tmp_path / n).read_bytes() for n in names}
     assert lock(tmp_path, *args).returncode == 0
