@@ -22,8 +22,9 @@ from .models import Resolution
 GUARD_FILE = "envforge-guard.py"
 
 # The Python a base image brings (or its distribution packages); read from the distributions'
-# release pages: Ubuntu 20.04 ships 3.8, 22.04 3.10, 24.04 3.12; Debian 11 3.9, 12 3.11.
-DISTRO_PYTHON = {"ubuntu20.04": "3.8", "ubuntu22.04": "3.10", "ubuntu24.04": "3.12",
+# package pages (packages.ubuntu.com, python3 in bionic / focal / jammy / noble: 3.6.7, 3.8.2,
+# 3.10.6, 3.12.3; packages.debian.org, bullseye / bookworm: 3.9, 3.11). Also used by `envforge check`.
+DISTRO_PYTHON = {"ubuntu18.04": "3.6", "ubuntu20.04": "3.8", "ubuntu22.04": "3.10", "ubuntu24.04": "3.12",
                  "debian11": "3.9", "debian12": "3.11", "bullseye": "3.9", "bookworm": "3.11"}
 
 
