@@ -63,30 +63,6 @@ for dist in md.distributions():
 print(json.dumps(out))
 """
 
-SMOKE_SCRIPTS = {
-    "torch": (
-        "import json, torch\n"
-        "dev = 'cuda' if torch.cuda.is_available() else 'cpu'\n"
-        "x = torch.randn(64, 64, device=dev)\n"
-        "y = (x @ x).sum().item()\n"
-        "print(json.dumps({'device': dev, 'devices': torch.cuda.device_count(), 'value': y}))\n"
-    ),
-    "tensorflow": (
-        "import json, tensorflow as tf\n"
-        "gpus = tf.config.list_physical_devices('GPU')\n"
-        "x = tf.random.normal((64, 64))\n"
-        "y = float(tf.reduce_sum(tf.matmul(x, x)))\n"
-        "print(json.dumps({'device': 'gpu' if gpus else 'cpu', 'devices': len(gpus), 'value': y}))\n"
-    ),
-    "jax": (
-        "import json, jax, jax.numpy as jnp\n"
-        "x = jnp.ones((64, 64))\n"
-        "y = float((x @ x).sum())\n"
-        "print(json.dumps({'device': jax.default_backend(), 'devices': jax.device_count(), 'value': y}))\n"
-    ),
-}
-
-
 @dataclass(frozen=True)
 class Problem:
     code: str
@@ -346,26 +322,27 @@ def lock_commands(matrix: Matrix, host: HostFacts, installed: Sequence[Installed
     return commands
 
 
-def run_smoke(python: str, installed: Sequence[Installed]) -> list[dict[str, Any]]:
-    results = []
-    for item in installed:
-        script = SMOKE_SCRIPTS[item.framework]
-        try:
-            proc = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            results.append({"framework": item.framework, "ok": False,
-                            "error": f"no answer within {SUBPROCESS_TIMEOUT_S} s"})
-            continue
-        if proc.returncode == 0:
-            try:
-                doc = json.loads(proc.stdout.strip().splitlines()[-1])
-            except (json.JSONDecodeError, IndexError):
-                doc = {}
-            results.append({"framework": item.framework, "ok": True, **doc})
-        else:
-            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            results.append({"framework": item.framework, "ok": False, "error": tail})
-    return results
+def run_smoke(python: str, installed: Sequence[Installed], host: Any, gpu_lookup: Any) -> list[dict[str, Any]]:
+    """`envforge smoke` (the real checks: kernels, training, ...) on each installed framework."""
+    from .errors import EnvforgeError
+    from .smoke import run
+
+    frameworks = tuple(dict.fromkeys(item.framework for item in installed))
+    if not frameworks:
+        return []
+    try:
+        result = run.smoke(run.SmokeRequest(python=python, frameworks=frameworks), host, gpu_lookup)
+    except EnvforgeError as exc:
+        return [{"framework": name, "ok": False, "error": exc.message} for name in frameworks]
+    out = []
+    for framework_run in result.runs:
+        doc = framework_run.to_json()
+        failed = [c for c in doc["checks"] if c.get("status") == "fail"]
+        entry: dict[str, Any] = {"framework": doc["framework"], "ok": doc["ok"], "device": doc.get("ran_on")}
+        if failed:
+            entry["error"] = f"{failed[0]['name']}: {failed[0].get('detail', '')}".strip()
+        out.append(entry)
+    return out
 
 
 def doctor(matrix: Matrix, *, driver: str | None = None, gpus: Sequence[str] = (), arch: Sequence[str] = (),
@@ -384,7 +361,7 @@ def doctor(matrix: Matrix, *, driver: str | None = None, gpus: Sequence[str] = (
     result.problems = _problems(matrix, host, env, installed, dists, platform)
     result.commands = lock_commands(matrix, host, installed, _minor(env["python"]), platform)
     if smoke:
-        result.smoke = run_smoke(interpreter, installed)
+        result.smoke = run_smoke(interpreter, installed, host, matrix.gpu)
     return result
 
 

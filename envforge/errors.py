@@ -83,3 +83,9 @@ class LockError(EnvforgeError):
 
     exit_code = EXIT_NEGATIVE
     code = "lock_failed"
+
+
+class SmokeFailed(CheckFailed):
+    """The smoke test could not pass before it started (e.g. --device cuda on a host without a GPU)."""
+
+    code = "smoke_failed"

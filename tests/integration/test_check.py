@@ -343,4 +343,4 @@ def test_doctor_reports_each_problem_with_its_fix(fake_environment: Path) -> Non
 def test_doctor_smoke_imports_and_fails_loudly(fake_environment: Path) -> None:
     code, out, _ = run("doctor", "--python", str(fake_environment), "--no-detect", "--smoke")
     assert code == 1
-    assert "torch: FAILED: ImportError: libcudart.so.12" in out
+    assert "torch: FAILED: import: ImportError: libcudart.so.12" in out  # the import check of envforge smoke
