@@ -101,3 +101,19 @@ def test_docker_unreachable_is_exit_3(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode == 3, proc.stderr
     assert "DOCKER_HOST" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_build_smoke_trains_in_the_image_on_cpu(built) -> None:
+    out, build = built
+    assert build.returncode == 0
+    proc = envforge("build", str(out), "-t", TAG, "--smoke", "--json")  # cached layers: the build is quick
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] and doc["smoke"]["ok"]
+    (jax_run,) = doc["smoke"]["frameworks"]
+    assert jax_run["framework"] == "jax" and jax_run["version"] == "0.10.2"
+    checks = {c["name"]: c["status"] for c in jax_run["checks"]}
+    assert checks["training"] == "pass" and checks["kernels"] == "pass"
+    assert "no NVIDIA container runtime" in proc.stderr
