@@ -57,6 +57,11 @@ def test_cu118_lock_takes_only_torch_packages_from_the_torch_index(wheel_index, 
     index_lines = [line for line in lines if line.startswith("--")]
     assert index_lines == [f"--index-url {wheel_index.pypi_simple}", f"--extra-index-url {torch_index}"]
     assert lines[0] == "#" and "envforge 0.1.0" in lines[1]
+    # the Dockerfile beside it: an nvidia/cuda 11.8 base that exists (images.toml), the smallest flavour
+    dockerfile = (tmp_path / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=nvidia/cuda:11.8.0-base-ubuntu22.04" in dockerfile
+    assert "COPY requirements.lock /tmp/envforge/requirements.lock" in dockerfile
+    assert (tmp_path / "envforge-guard.py").is_file()
 
 
 def test_the_lock_installs_alone_with_require_hashes(wheel_index, tmp_path: Path) -> None:
