@@ -6,7 +6,6 @@ commands, never at start-up, so `envforge --help` stays fast (bench/startup).
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any, NoReturn, Sequence
 
@@ -27,6 +26,8 @@ from .options import (
 
 
 def _emit_json(doc: Any) -> None:
+    import json
+
     click.echo(json.dumps(doc, indent=2, sort_keys=False))
 
 
@@ -383,7 +384,7 @@ def lock(framework: str | None, version: str | None, cuda: Sequence[str], python
     written = pip_lock.write(out_dir, lockset)
     if as_json:
         _emit_json({"ok": True, "files": [str(p) for p in written],
-                    "targets": json.loads(lockset.manifest)["targets"]})
+                    "targets": __import__("json").loads(lockset.manifest)["targets"]})
     else:
         for target in lockset.targets:
             sel = target.resolution.selected
