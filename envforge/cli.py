@@ -362,9 +362,11 @@ def lock(framework: str | None, version: str | None, cuda: Sequence[str], python
 
         lockset = lock_conda(resolutions, options, data.read_date(), channel_urls or None)
     else:
-        lockset = pip_lock.lock_all(resolutions, options, data.read_date())
-        if fmt == "pip" and not no_dockerfile:
-            _add_dockerfiles(lockset, options.command, data.read_date(), base_image)
+        def dockerfiles(targets: Any) -> dict[str, str]:
+            return _dockerfiles(targets, options.command, data.read_date(), base_image)
+
+        meanwhile = dockerfiles if fmt == "pip" and not no_dockerfile else None
+        lockset = pip_lock.lock_all(resolutions, options, data.read_date(), meanwhile=meanwhile)
     out_dir = Path(output)
     for res in resolutions:
         for warning in res.warnings:
@@ -396,19 +398,22 @@ def lock(framework: str | None, version: str | None, cuda: Sequence[str], python
         click.echo(f"wrote {out_dir / pip_lock.MANIFEST}")
 
 
-def _add_dockerfiles(lockset: Any, command: str, matrices_read: str, base_image: str | None) -> None:
-    """A Dockerfile per locked target (Dockerfile, or Dockerfile.<suffix> for several) and the guard."""
+def _dockerfiles(targets: Any, command: str, matrices_read: str, base_image: str | None) -> dict[str, str]:
+    """A Dockerfile per locked target (Dockerfile, or Dockerfile.<suffix> for several) and the guard.
+
+    Rendered while the resolvers run: it needs only each target's resolution and lock file name.
+    """
     from . import dockerfile as dockerfile_mod
 
-    many = len(lockset.targets) > 1
-    for target in list(lockset.targets):
-        spec = dockerfile_mod.Target.from_resolution(target.resolution, target.file)
+    out = {}
+    for resolution, file in targets:
+        spec = dockerfile_mod.Target.from_resolution(resolution, file)
         name = "Dockerfile"
-        if many:
-            name += "." + target.file.removeprefix("requirements-").removesuffix(".lock")
-        text = dockerfile_mod.render(spec, command=command, matrices_read=matrices_read, base_image=base_image)
-        lockset.extra[name] = text
-    lockset.extra[dockerfile_mod.GUARD_FILE] = dockerfile_mod.guard_text()
+        if len(targets) > 1:
+            name += "." + file.removeprefix("requirements-").removesuffix(".lock")
+        out[name] = dockerfile_mod.render(spec, command=command, matrices_read=matrices_read, base_image=base_image)
+    out[dockerfile_mod.GUARD_FILE] = dockerfile_mod.guard_text()
+    return out
 
 
 # --------------------------------------------------------------------------- dockerfile / build

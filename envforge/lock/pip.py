@@ -17,7 +17,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .. import __version__
 from ..errors import BadInput
@@ -205,8 +205,14 @@ def manifest(locked: Sequence[LockedTarget], options: LockOptions, matrices_read
     return json.dumps(doc, indent=2) + "\n"
 
 
-def lock_all(resolutions: Sequence[Resolution], options: LockOptions, matrices_read: str) -> LockSet:
-    """Lock every target, in parallel (each is one resolver subprocess). All or nothing."""
+def lock_all(resolutions: Sequence[Resolution], options: LockOptions, matrices_read: str,
+             meanwhile: Callable[[list[tuple[Resolution, str]]], dict[str, str]] | None = None) -> LockSet:
+    """Lock every target, in parallel (each is one resolver subprocess). All or nothing.
+
+    `meanwhile(targets)` runs in this thread while the resolvers work (e.g. rendering the
+    Dockerfiles, which need only each target's resolution and file name); what it returns
+    is written with the lock.
+    """
     variants = {r.selected.variant for r in resolutions if r.selected}
     platforms = {r.request.platform for r in resolutions}
     jobs = []
@@ -225,8 +231,9 @@ def lock_all(resolutions: Sequence[Resolution], options: LockOptions, matrices_r
     workers = max(1, min(len(jobs), (os.cpu_count() or 2) * 2))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(lock_one, res, options, name, matrices_read) for res, name in jobs]
+        extra = meanwhile(jobs) if meanwhile else {}
         locked = [f.result() for f in futures]  # the first failure propagates; nothing is written
-    return LockSet(locked, manifest(locked, options, matrices_read))
+    return LockSet(locked, manifest(locked, options, matrices_read), extra)
 
 
 def write(out_dir: Path, lockset: LockSet) -> list[Path]:
