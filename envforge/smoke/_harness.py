@@ -153,6 +153,23 @@ class Smoke:
         self.event(event="end", check=name, result=result)
         return result
 
+    def run_all(self, state: object, checks: dict, before_each=None) -> int:
+        """The order every framework runs: import, devices, then the rest (each needing devices); finish.
+
+        `checks` maps each check name of CHECKS to `check(smoke, state)`; `before_each(name)`
+        runs before each check after devices (torch sets its thread count per check).
+        """
+        self.run("import", lambda: checks["import"](self, state))
+        self.run("devices", lambda: checks["devices"](self, state), needs=("import",))
+        for name in CHECKS:
+            if name in ("import", "devices"):
+                continue
+            if before_each is not None:
+                before_each(name)
+            self.run(name, lambda check=checks[name]: check(self, state), needs=("devices",))
+        self.info["device"] = getattr(state, "device", None)
+        return self.finish()
+
     def finish(self) -> int:
         report = {
             "schema": SCHEMA,

@@ -369,14 +369,10 @@ def main() -> int:
     args = h.parse_args("tensorflow")
     smoke = h.Smoke("tensorflow", args)
     state = State()
-    smoke.run("import", lambda: check_import(smoke, state))
-    smoke.run("devices", lambda: check_devices(smoke, state), needs=("import",))
-    for name, check in (("kernels", check_kernels), ("training", check_training),
-                        ("mixed_precision", check_mixed_precision), ("determinism", check_determinism),
-                        ("throughput", check_throughput), ("distributed", check_distributed)):
-        smoke.run(name, lambda check=check: check(smoke, state), needs=("devices",))
-    smoke.info["device"] = state.device
-    return smoke.finish()
+    checks = {"import": check_import, "devices": check_devices, "kernels": check_kernels,
+              "training": check_training, "mixed_precision": check_mixed_precision,
+              "determinism": check_determinism, "throughput": check_throughput, "distributed": check_distributed}
+    return smoke.run_all(state, checks)
 
 
 if __name__ == "__main__":

@@ -425,16 +425,15 @@ def main() -> int:
         return worker(args)
     smoke = h.Smoke("torch", args)
     state = State()
-    smoke.run("import", lambda: check_import(smoke, state))
-    smoke.run("devices", lambda: check_devices(smoke, state), needs=("import",))
-    for name, check in (("kernels", check_kernels), ("training", check_training),
-                        ("mixed_precision", check_mixed_precision), ("determinism", check_determinism),
-                        ("throughput", check_throughput), ("distributed", check_distributed)):
+    checks = {"import": check_import, "devices": check_devices, "kernels": check_kernels,
+              "training": check_training, "mixed_precision": check_mixed_precision,
+              "determinism": check_determinism, "throughput": check_throughput, "distributed": check_distributed}
+
+    def threads(name: str) -> None:
         if state.torch is not None:
             _threads_for(state.torch, state, name)
-        smoke.run(name, lambda check=check: check(smoke, state), needs=("devices",))
-    smoke.info["device"] = state.device
-    return smoke.finish()
+
+    return smoke.run_all(state, checks, before_each=threads)
 
 
 if __name__ == "__main__":
