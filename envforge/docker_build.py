@@ -6,6 +6,7 @@ way to start it or point at it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -22,7 +23,9 @@ class BuildFailed(EnvforgeError):
     code = "build_failed"
 
 
+@functools.lru_cache(maxsize=1)
 def client() -> Any:
+    """The Docker client, connected and pinged once per process."""
     try:
         import docker
     except ImportError:

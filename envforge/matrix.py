@@ -452,7 +452,7 @@ def dump(mf: MatrixFile) -> str:
 # --------------------------------------------------------------------------- the Matrix
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality and hash: the lru_caches below key on the instance
 class Matrix:
     """All matrices files, loaded and typed. Query helpers answer compatibility questions."""
 
@@ -548,9 +548,6 @@ def _release_index(matrix: Matrix, framework: str) -> dict[Version, models.Relea
     return {Version(r.version): r for r in matrix.releases(framework)}
 
 
-# Matrix holds dicts, so make it hashable by identity for the caches above.
-Matrix.__hash__ = object.__hash__  # type: ignore[method-assign]
-Matrix.__eq__ = object.__eq__  # type: ignore[method-assign]
 
 
 def read_all(directory: Path | None = None, subjects: Iterable[str] = SUBJECTS) -> tuple[dict[str, MatrixFile], list[str]]:

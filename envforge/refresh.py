@@ -238,51 +238,47 @@ def _metadata_of(pypi: PyPI, wheels: list[tuple[DistFile, str, str]]) -> Any:
     return parse_metadata(pypi.wheel_metadata(newest.url))
 
 
-def _refresh_torch(builds: list[BuildRow], releases: list[ReleaseRow], wheels_of: Any, pypi: PyPI, notes: list[str],
-                   only: Any) -> list[BuildRow]:
+def _per_release(builds: list[BuildRow], releases: list[ReleaseRow], wheels_of: Any, pypi: PyPI, only: Any,
+                 update: Any) -> list[BuildRow]:
+    """Each release's builds, rewritten by `update(release, variants, metadata)` where PyPI has a Linux
+    x86_64 wheel's METADATA for it (and --version admits it); kept as they are otherwise."""
     by_version: dict[str, list[BuildRow]] = defaultdict(list)
     for b in builds:
         by_version[b.version].append(b)
     out: list[BuildRow] = []
     for release in releases:
         variants = by_version.get(release.version, [])
-        if only is not None and not only.contains(release.version, prereleases=True):
-            out.extend(variants)
-            continue
-        meta = _metadata_of(pypi, wheels_of(release.version))
-        pins = cuda_pins(meta.requires_dist) if meta else ()
+        meta = None
+        if only is None or only.contains(release.version, prereleases=True):
+            meta = _metadata_of(pypi, wheels_of(release.version))
+        out.extend(update(release, variants, meta) if meta is not None else variants)
+    return out
+
+
+def _refresh_torch(builds: list[BuildRow], releases: list[ReleaseRow], wheels_of: Any, pypi: PyPI, notes: list[str],
+                   only: Any) -> list[BuildRow]:
+    def update(release: ReleaseRow, variants: list[BuildRow], meta: Any) -> list[BuildRow]:
+        pins = cuda_pins(meta.requires_dist)
         cuda = cuda_of_pins(pins)
-        if meta is None or cuda is None:
+        if cuda is None:
             # Before 1.13 the PyPI wheel bundled its CUDA libraries: nothing to read from METADATA.
-            out.extend(variants)
-            continue
+            return variants
         cudnn = pinned_version(pins, r"nvidia-cudnn-cu\d+")
         tag = "cu" + cuda.replace(".", "")
         if not any(b.variant == tag for b in variants):
             notes.append(f"torch {release.version}: PyPI's default wheel is CUDA {cuda}, but matrices list no {tag} variant")
-        for b in variants:
-            if b.variant == tag:
-                out.append(dataclasses.replace(b, pypi_default=True, requires=pins, cudnn=cudnn or b.cudnn))
-            else:
-                out.append(dataclasses.replace(b, pypi_default=False, requires=() if b.pypi_default else b.requires))
-    return out
+        return [
+            dataclasses.replace(b, pypi_default=True, requires=pins, cudnn=cudnn or b.cudnn) if b.variant == tag
+            else dataclasses.replace(b, pypi_default=False, requires=() if b.pypi_default else b.requires)
+            for b in variants
+        ]
+
+    return _per_release(builds, releases, wheels_of, pypi, only, update)
 
 
 def _refresh_tensorflow(builds: list[BuildRow], releases: list[ReleaseRow], wheels_of: Any, pypi: PyPI,
                         notes: list[str], only: Any) -> list[BuildRow]:
-    out: list[BuildRow] = []
-    by_version: dict[str, list[BuildRow]] = defaultdict(list)
-    for b in builds:
-        by_version[b.version].append(b)
-    for release in releases:
-        variants = by_version.get(release.version, [])
-        if only is not None and not only.contains(release.version, prereleases=True):
-            out.extend(variants)
-            continue
-        meta = _metadata_of(pypi, wheels_of(release.version))
-        if meta is None:
-            out.extend(variants)
-            continue
+    def update(release: ReleaseRow, variants: list[BuildRow], meta: Any) -> list[BuildRow]:
         has_extra = "and-cuda" in meta.provides_extra
         and_cuda = [b for b in variants if b.variant == "and-cuda"]
         if has_extra and not and_cuda:
@@ -290,12 +286,10 @@ def _refresh_tensorflow(builds: list[BuildRow], releases: list[ReleaseRow], whee
         if and_cuda and not has_extra:
             notes.append(f"tensorflow {release.version}: matrices list an and-cuda build, but PyPI's METADATA has no such extra")
         pins = _extra_requires(meta.requires_dist, "and-cuda")
-        for b in variants:
-            if b.variant == "and-cuda" and has_extra:
-                out.append(dataclasses.replace(b, requires=pins))
-            else:
-                out.append(b)
-    return out
+        return [dataclasses.replace(b, requires=pins) if b.variant == "and-cuda" and has_extra else b
+                for b in variants]
+
+    return _per_release(builds, releases, wheels_of, pypi, only, update)
 
 
 def _refresh_jax(builds: list[BuildRow], releases: list[ReleaseRow], pypi: PyPI, notes: list[str],

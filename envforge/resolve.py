@@ -208,7 +208,7 @@ def resolve(matrix: Matrix, host: HostFacts, request: Request) -> Resolution:
     accepted = [j for j in judged if not j.reasons]
 
     warnings: list[str] = []
-    chosen = _rank(framework, accepted, host, request, cuda_req, bool(nvidia_gpus or amd_gpus))
+    chosen = _rank(framework, accepted, host, cuda_req)
     if chosen is None:
         return Resolution(
             request=_echo(request, python), host=host, selected=None,
@@ -398,10 +398,7 @@ def _arch_list_text(build: BuildRow) -> str:
     return ", ".join(parts) or "no recorded architectures"
 
 
-def _rank(
-    framework: str, accepted: Sequence[_Judged], host: HostFacts, request: Request, cuda_req: CudaRequest,
-    has_gpu: bool,
-) -> _Judged | None:
+def _rank(framework: str, accepted: Sequence[_Judged], host: HostFacts, cuda_req: CudaRequest) -> _Judged | None:
     if not accepted:
         return None
     gpu_builds = [j for j in accepted if j.build.variant != "cpu"]

@@ -253,6 +253,21 @@ def relative_error(values: list[float], reference: list[float]) -> float:
     return worst / scale
 
 
+def same_losses(runs: "list[list[float]]", device: str, switches: "list[str]", hint: str = "") -> Outcome:
+    """The determinism verdict every framework gives: two seeded runs, step by step identical."""
+    first, second = runs
+    data = {"losses": runs, "switches": switches, "device": device}
+    for step, (x, y) in enumerate(zip(first, second)):
+        if x != y:
+            raise Failed(f"two seeded runs differ at step {step + 1}: loss {x!r} vs {y!r}{hint}", **data)
+    return Outcome(f"two seeded runs of {len(first)} steps on {device} gave identical losses", **data)
+
+
+def tflops(n: int, iters: int, seconds: float) -> float:
+    """TFLOP/s of `iters` square n x n matmuls (2 n^3 flops each) in `seconds`."""
+    return round(2 * n ** 3 * iters / seconds / 1e12, 4)
+
+
 def loss_fell(losses: list[float], steps: int, margin: float = LOSS_MARGIN) -> Outcome:
     """Judge a training curve: every loss finite, and the last at most (1 - margin) x the first."""
     if not losses:

@@ -288,13 +288,9 @@ def check_determinism(smoke: h.Smoke, state: State) -> h.Outcome:
     device = state.devices[0]
     switches = ["JAX defaults (no switch): XLA_FLAGS=" + os.environ.get("XLA_FLAGS", "")]
     first, second = (train(state.jax, device, h.DETERMINISM_STEPS, LEARNING_RATE, seed=1)[0] for _ in range(2))
-    data = {"losses": [first, second], "switches": switches, "device": str(device)}
-    for step, (x, y) in enumerate(zip(first, second)):
-        if x != y:
-            hint = (" (on GPUs, XLA_FLAGS=--xla_gpu_deterministic_ops=true makes XLA pick deterministic kernels)"
-                    if state.device == "cuda" else "")
-            raise h.Failed(f"two seeded runs differ at step {step + 1}: loss {x!r} vs {y!r}{hint}", **data)
-    return h.Outcome(f"two seeded runs of {len(first)} steps on {device} gave identical losses", **data)
+    hint = (" (on GPUs, XLA_FLAGS=--xla_gpu_deterministic_ops=true makes XLA pick deterministic kernels)"
+            if state.device == "cuda" else "")
+    return h.same_losses([first, second], str(device), switches, hint)
 
 
 def check_throughput(smoke: h.Smoke, state: State) -> h.Outcome:
@@ -323,7 +319,7 @@ def check_throughput(smoke: h.Smoke, state: State) -> h.Outcome:
             last: list[Any] = [None]
             iters, seconds = h.timed_rate(lambda: last.__setitem__(0, matmul(a, b)), 0.5 if gpu else 0.3, 5000,
                                           sync=lambda: last[0].block_until_ready())
-            row[f"{label}_tflops"] = round(2 * n ** 3 * iters / seconds / 1e12, 4)
+            row[f"{label}_tflops"] = h.tflops(n, iters, seconds)
             row[f"{label}_size"] = n
         results.append(row)
     return h.Outcome(h.throughput_detail(results), devices=results, tf32=False)

@@ -275,12 +275,7 @@ def check_determinism(smoke: h.Smoke, state: State) -> h.Outcome:
         disable = getattr(tf.config.experimental, "disable_op_determinism", None)
         if disable is not None:
             disable()
-    first, second = runs
-    data = {"losses": runs, "switches": switches, "device": device}
-    for step, (x, y) in enumerate(zip(first, second)):
-        if x != y:
-            raise h.Failed(f"two seeded runs differ at step {step + 1}: loss {x!r} vs {y!r}", **data)
-    return h.Outcome(f"two seeded runs of {len(first)} steps on {device} gave identical losses", **data)
+    return h.same_losses(runs, device, switches)
 
 
 def check_throughput(smoke: h.Smoke, state: State) -> h.Outcome:
@@ -307,7 +302,7 @@ def check_throughput(smoke: h.Smoke, state: State) -> h.Outcome:
                     # Reading one element of the last product waits for the device's queue to drain.
                     iters, seconds = h.timed_rate(lambda: last.__setitem__(0, matmul()), 0.5 if gpu else 0.3, 5000,
                                                   sync=lambda: last[0][0, 0].numpy())
-                row[f"{label}_tflops"] = round(2 * n ** 3 * iters / seconds / 1e12, 4)
+                row[f"{label}_tflops"] = h.tflops(n, iters, seconds)
                 row[f"{label}_size"] = n
             results.append(row)
     return h.Outcome(h.throughput_detail(results), devices=results, tf32=False)

@@ -282,16 +282,8 @@ def check_determinism(smoke: h.Smoke, state: State) -> h.Outcome:
     finally:
         torch.use_deterministic_algorithms(saved[0])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1], saved[2]
-    return _compare_runs(runs, device, switches)
+    return h.same_losses(runs, device, switches)
 
-
-def _compare_runs(runs: list[list[float]], device: str, switches: list[str]) -> h.Outcome:
-    first, second = runs
-    data = {"losses": runs, "switches": switches, "device": device}
-    for step, (x, y) in enumerate(zip(first, second)):
-        if x != y:
-            raise h.Failed(f"two seeded runs differ at step {step + 1}: loss {x!r} vs {y!r}", **data)
-    return h.Outcome(f"two seeded runs of {len(first)} steps on {device} gave identical losses", **data)
 
 
 def check_throughput(smoke: h.Smoke, state: State) -> h.Outcome:
@@ -313,7 +305,7 @@ def check_throughput(smoke: h.Smoke, state: State) -> h.Outcome:
                 a @ b  # warm-up: picks the kernel
                 sync = (lambda: torch.cuda.synchronize(device)) if device != "cpu" else None
                 iters, seconds = h.timed_rate(lambda: a @ b, 0.3 if device == "cpu" else 0.5, 5000, sync=sync)
-                row[f"{label}_tflops"] = round(2 * n ** 3 * iters / seconds / 1e12, 4)
+                row[f"{label}_tflops"] = h.tflops(n, iters, seconds)
                 row[f"{label}_size"] = n
             results.append(row)
     threads = f" ({torch.get_num_threads()} threads)" if state.device == "cpu" else ""

@@ -9,14 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from envforge.cli import cli, main
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    """Run through main() (the one place errors become exit codes), capturing output."""
-    runner = CliRunner()
-    result = runner.invoke(lambda: main(list(args)), [])  # type: ignore[arg-type]
-    return result.exit_code, result.stdout, result.stderr
+from envforge.cli import cli
 
 
 def invoke(*args: str):

@@ -113,13 +113,24 @@ def test_refresh_repairs_what_pypi_can_tell_and_reads_by_range(copy: Path) -> No
     assert wheel_requests and all(r[1] for r in wheel_requests)
 
 
+@pytest.mark.network
 def test_refresh_cli_prints_a_diff_and_writes_only_with_write(copy: Path) -> None:
-    from click.testing import CliRunner
+    import subprocess
+    import sys
 
-    from envforge.cli import cli
-
-    result = CliRunner().invoke(cli, ["matrix", "refresh", "--help"])
-    assert "--write" in result.output
+    path = copy / "torch.toml"
+    shipped = path.read_text()
+    path.write_text(shipped.replace('version = "2.7.1"\npython = ">=3.9,<3.14"', 'version = "2.7.1"\npython = ">=3.9,<3.11"', 1))
+    broken = path.read_text()
+    assert broken != shipped
+    cmd = [sys.executable, "-m", "envforge", "matrix", "refresh", "torch", "--version", "2.7.1", "--dir", str(copy)]
+    shown = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert shown.returncode == 1, shown.stderr
+    assert '-python = ">=3.9,<3.11"' in shown.stdout and '+python = ">=3.9,<3.14"' in shown.stdout
+    assert path.read_text() == broken  # nothing written without --write
+    written = subprocess.run(cmd + ["--write"], capture_output=True, text=True, cwd=ROOT)
+    assert written.returncode == 0, written.stderr
+    assert path.read_text() == shipped
 
 
 @pytest.mark.network

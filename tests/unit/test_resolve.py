@@ -124,10 +124,15 @@ def test_every_gpu_architecture_against_every_variant_arch_list(matrix) -> None:
     assert checked > 1000
 
 
-def test_every_gpu_name_resolves_to_its_arch(matrix) -> None:
+def test_every_gpu_name_and_alias_describes_a_host_through_the_overrides(matrix) -> None:
+    from envforge import hardware
+
     for gpu in matrix.gpus():
-        h = host(matrix, None, gpu.name)
-        assert h.gpus[0].arch == gpu.arch
+        for name in (gpu.name, *gpu.aliases):
+            overrides = hardware.HostOverrides(driver="570.124.06", gpus=(name,), no_detect=True)
+            host_facts = hardware.probe(overrides, gpu_lookup=matrix.gpu, branch_cuda=matrix.branch_cuda)
+            assert host_facts.source == "override" and host_facts.driver_cuda == "12.8"
+            assert [(g.name, g.arch) for g in host_facts.gpus] == [(gpu.name, gpu.arch)], name
 
 
 # --------------------------------------------------------------------------- real cases
