@@ -288,8 +288,10 @@ def _request(data: Any, framework: str | None, version: str | None, cuda: str | 
 @click.option("--index-url", default=None, metavar="URL", help="The default index (env ENVFORGE_INDEX_URL; default PyPI).")
 @click.option("--torch-index", default=None, metavar="URL",
               help="Base of the PyTorch wheel index (env ENVFORGE_TORCH_INDEX; default https://download.pytorch.org/whl).")
-@click.option("--no-dockerfile", is_flag=True, help="Do not write a Dockerfile beside a pip lock.")
+@click.option("--no-dockerfile", is_flag=True, help="Do not write a Dockerfile beside a pip or conda lock.")
 @click.option("--base-image", default=None, metavar="IMAGE", help="Base image for the Dockerfile (default: from the resolution).")
+@click.option("--micromamba-image", default=None, metavar="IMAGE",
+              help="Image the conda Dockerfile copies micromamba from (default: mambaorg/micromamba:2.6.1).")
 @click.option("--conda-channel", "conda_channel", multiple=True, metavar="NAME=URL",
               help="Solve conda channel NAME from URL instead (a mirror or a local channel; repeatable).")
 @click.option("-v", "--verbose", is_flag=True, help="Show the resolver commands on stderr.")
@@ -299,7 +301,7 @@ def lock(framework: str | None, version: str | None, cuda: Sequence[str], python
          driver_policy: str, allow_cpu: bool, fmt: str, resolver: str, with_packages: Sequence[str],
          requirement_files: Sequence[str], pyproject: str | None, no_companions: bool, output: str, check: bool,
          index_url: str | None, torch_index: str | None, no_dockerfile: bool, base_image: str | None,
-         conda_channel: Sequence[str], verbose: bool, as_json: bool) -> None:
+         micromamba_image: str | None, conda_channel: Sequence[str], verbose: bool, as_json: bool) -> None:
     """The main job: resolve the target(s), then write a hashed lock per target and envforge.lock.json.
 
     \b
@@ -361,7 +363,13 @@ def lock(framework: str | None, version: str | None, cuda: Sequence[str], python
         from .lock.condaset import lock_conda
 
         lockset = lock_conda(resolutions, options, data.read_date(), channel_urls or None)
+        if not no_dockerfile:
+            lockset.extra.update(_conda_dockerfiles(lockset, options.command, data.read_date(), base_image,
+                                                    micromamba_image))
     else:
+        if micromamba_image:
+            raise BadInput("--micromamba-image applies to conda locks (--format conda)")
+
         def dockerfiles(targets: Any) -> dict[str, str]:
             return _dockerfiles(targets, options.command, data.read_date(), base_image)
 
@@ -408,10 +416,25 @@ def _dockerfiles(targets: Any, command: str, matrices_read: str, base_image: str
     out = {}
     for resolution, file in targets:
         spec = dockerfile_mod.Target.from_resolution(resolution, file)
-        name = "Dockerfile"
-        if len(targets) > 1:
-            name += "." + file.removeprefix("requirements-").removesuffix(".lock")
+        name = dockerfile_mod.dockerfile_name(file, several=len(targets) > 1)
         out[name] = dockerfile_mod.render(spec, command=command, matrices_read=matrices_read, base_image=base_image)
+    out[dockerfile_mod.GUARD_FILE] = dockerfile_mod.guard_text()
+    return out
+
+
+def _conda_dockerfiles(lockset: Any, command: str, matrices_read: str, base_image: str | None,
+                       micromamba_image: str | None) -> dict[str, str]:
+    """A Dockerfile per conda lock (one per variant; each serves every platform of its lock) and the guard."""
+    from . import dockerfile as dockerfile_mod
+
+    locks = [t for t in lockset.targets if dockerfile_mod.is_conda_lock_file(t.file)]
+    out = {}
+    for locked in locks:
+        spec = dockerfile_mod.Target.from_resolution(
+            locked.resolution, locked.file, format="conda", platforms=dockerfile_mod.lock_platforms_text(locked.text))
+        out[dockerfile_mod.dockerfile_name(locked.file, several=len(locks) > 1)] = dockerfile_mod.render(
+            spec, command=command, matrices_read=matrices_read, base_image=base_image,
+            micromamba_image=micromamba_image)
     out[dockerfile_mod.GUARD_FILE] = dockerfile_mod.guard_text()
     return out
 
@@ -424,7 +447,12 @@ def _dockerfiles(targets: Any, command: str, matrices_read: str, base_image: str
 @click.option("--lock", "lock_dir", type=click.Path(file_okay=False), help="Make it for the lock in this directory.")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False),
               help="Write here (default: stdout; with --lock, LOCKDIR/Dockerfile).")
+@click.option("--format", "fmt", type=click.Choice(["pip", "conda"]), default=None,
+              help="The lock the Dockerfile installs: requirements.lock (pip, the default) or conda-lock.yml "
+                   "(conda, with micromamba). With --lock, the lock's own format.")
 @click.option("--base-image", default=None, metavar="IMAGE", help="Override the base image.")
+@click.option("--micromamba-image", default=None, metavar="IMAGE",
+              help="conda: the image micromamba is copied from (default: mambaorg/micromamba:2.6.1).")
 @click.option("--pin-digest", is_flag=True, help="Resolve the base image's tag to its digest at the registry.")
 @click.option("--wheelhouse", default=None, metavar="DIR",
               help="Air-gapped build: install from DIR (inside the lock directory) with --no-index.")
@@ -432,13 +460,14 @@ def _dockerfiles(targets: Any, command: str, matrices_read: str, base_image: str
 @click.option("-v", "--verbose", is_flag=True, help="Show the commands run on stderr.")
 def dockerfile(framework: str | None, version: str | None, cuda: str | None, python: str | None,
                platform: str | None, driver: str | None, gpu: Sequence[str], arch: Sequence[str], no_detect: bool,
-               driver_policy: str, allow_cpu: bool, lock_dir: str | None, output: str | None,
-               base_image: str | None, pin_digest: bool, wheelhouse: str | None, fill_wheelhouse: bool,
-               verbose: bool) -> None:
+               driver_policy: str, allow_cpu: bool, lock_dir: str | None, output: str | None, fmt: str | None,
+               base_image: str | None, micromamba_image: str | None, pin_digest: bool, wheelhouse: str | None,
+               fill_wheelhouse: bool, verbose: bool) -> None:
     """A Dockerfile for a target (resolved now) or for an existing lock (--lock DIR).
 
     \b
     envforge dockerfile -f torch --cuda 11.8            # to stdout, for a requirements.lock beside it
+    envforge dockerfile -f torch --cuda 11.8 --format conda   # for a conda-lock.yml beside it
     envforge dockerfile --lock out/ --base-image debian:bookworm --wheelhouse wheelhouse --fill-wheelhouse
     """
     import shlex
@@ -457,6 +486,8 @@ def dockerfile(framework: str | None, version: str | None, cuda: str | None, pyt
         if len(targets) > 1:
             raise BadInput(f"{lock_dir} holds {len(targets)} targets; `envforge lock` wrote a Dockerfile for each")
         target = targets[0]
+        if fmt and fmt != target.format:
+            raise BadInput(f"{lock_dir} holds a {target.format} lock, not a {fmt} one", fix="drop --format")
     else:
         request = _request(data, framework, version, cuda, python, platform, driver_policy, allow_cpu)
         res = resolve_mod.resolve(data, _probe(data, driver, gpu, arch, no_detect), request)
@@ -465,10 +496,15 @@ def dockerfile(framework: str | None, version: str | None, cuda: str | None, pyt
 
             click.echo(report.resolution_text(res), err=True)
             raise NoCompatibleBuild("no compatible build: no Dockerfile written")
-        target = dockerfile_mod.Target.from_resolution(res, "requirements.lock")
+        if fmt == "conda":
+            target = dockerfile_mod.Target.from_resolution(res, "conda-lock.yml", format="conda")
+        else:
+            target = dockerfile_mod.Target.from_resolution(res, "requirements.lock")
     image = base_image
     if pin_digest:
-        image = dockerfile_mod.pin_digest(base_image or target.base_image or "")
+        default_image = (dockerfile_mod.conda_base_image(target)[0] if target.format == "conda"
+                         else target.base_image)
+        image = dockerfile_mod.pin_digest(base_image or default_image or "")
     if wheelhouse and fill_wheelhouse:
         if not lock_dir:
             raise BadInput("--fill-wheelhouse needs --lock DIR (the wheels are downloaded from the lock)")
@@ -477,7 +513,7 @@ def dockerfile(framework: str | None, version: str | None, cuda: str | None, pyt
         fill(Path(lock_dir) / target.lock_file, Path(lock_dir) / wheelhouse, target.python, target.platform,
              verbose=verbose)
     text = dockerfile_mod.render(target, command=command, matrices_read=data.read_date(), base_image=image,
-                                 wheelhouse=wheelhouse)
+                                 wheelhouse=wheelhouse, micromamba_image=micromamba_image)
     destination = Path(output) if output else (Path(lock_dir) / "Dockerfile" if lock_dir else None)
     if destination is None:
         click.echo(text, nl=False)
@@ -531,8 +567,10 @@ def _default_tag(context: Any) -> str:
     from .lock.pip import MANIFEST
 
     try:
-        target = json_mod.loads((context / MANIFEST).read_text())["targets"][0]
-        return f"envforge/{target['framework']}:{target['version']}-{target['variant']}"
+        doc = json_mod.loads((context / MANIFEST).read_text())
+        target = doc["targets"][0]
+        suffix = "-conda" if doc.get("format") == "conda" else ""
+        return f"envforge/{target['framework']}:{target['version']}-{target['variant']}{suffix}"
     except (OSError, ValueError, KeyError, IndexError):
         return "envforge/image:latest"
 

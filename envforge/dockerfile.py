@@ -1,9 +1,10 @@
 """Dockerfiles from a resolution or a lock: the base image, the Python, the venv, the guard.
 
-Renderers return strings (templates/Dockerfile.j2 through Jinja2, imported
-lazily); the CLI writes the files. The build context a Dockerfile expects is
-the lock directory: the lock file, envforge-guard.py and, for air-gapped builds,
-a wheelhouse/ directory.
+Renderers return strings (templates/Dockerfile.j2 for pip locks,
+templates/Dockerfile.conda.j2 for conda locks, through Jinja2, imported lazily);
+the CLI writes the files. The build context a Dockerfile expects is the lock
+directory: the lock file, envforge-guard.py and, for air-gapped pip builds, a
+wheelhouse/ directory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,25 @@ from .lock.pip import MANIFEST
 from .models import Resolution
 
 GUARD_FILE = "envforge-guard.py"
+
+# The conda flavour copies micromamba's static executable out of this image (the pattern of
+# mamba-org/micromamba-docker docs/advanced_usage.rst, "Adding micromamba to an existing Docker image",
+# which starts `FROM mambaorg/micromamba:2.6.1 as micromamba`). 2.6.1 is the newest tag read in that
+# repository (tag v2.6.1 = a815800c, 2026-05-13; debian.Dockerfile `ARG VERSION=2.6.1`, `ENV
+# MAMBA_EXE="/bin/micromamba"`, and it copies /etc/ssl/certs/ca-certificates.crt into the image).
+# Newer tags (2.9.0) were seen only in third-party Dockerfiles, so they are not the default.
+# Override with --micromamba-image.
+MICROMAMBA_IMAGE = "mambaorg/micromamba:2.6.1"
+CONDA_PREFIX = "/opt/conda-env"
+# A CPU conda environment brings its own Python and libraries; the base needs only a glibc at least as new
+# as the lock's (__glibc, envforge.lock.conda.DEFAULT_GLIBC). Debian 12 is what micromamba-docker's images
+# were based on from 1.5 to 2.3.1 (its CHANGELOG; debian:13-slim since 2.3.2).
+CONDA_CPU_BASE = "debian:bookworm-slim"
+# glibc of the base images envforge picks (packages.ubuntu.com / packages.debian.org, package libc6:
+# bionic 2.27, focal 2.31, jammy 2.35, noble 2.39; bullseye 2.31, bookworm 2.36).
+DISTRO_GLIBC = {"ubuntu18.04": "2.27", "ubuntu20.04": "2.31", "ubuntu22.04": "2.35", "ubuntu24.04": "2.39",
+                "debian11": "2.31", "debian12": "2.36", "bullseye": "2.31", "bookworm": "2.36"}
+DOCKER_PLATFORMS = {"linux-64": "linux/amd64", "linux-aarch64": "linux/arm64"}
 
 # The Python a base image brings (or its distribution packages); read from the distributions'
 # package pages (packages.ubuntu.com, python3 in bionic / focal / jammy / noble: 3.6.7, 3.8.2,
@@ -43,19 +63,36 @@ class Target:
     base_image: str | None
     base_why: str
     lock_file: str
+    format: str = "pip"  # pip | conda
+    platforms: tuple[str, ...] = ()  # a conda lock's platforms (one Dockerfile serves them all)
 
     @classmethod
-    def from_resolution(cls, res: Resolution, lock_file: str, base_why: str = "") -> "Target":
+    def from_resolution(cls, res: Resolution, lock_file: str, base_why: str = "", format: str = "pip",
+                        platforms: tuple[str, ...] = ()) -> "Target":
         sel = res.selected
         assert sel is not None
         return cls(sel.framework, sel.version, sel.variant, sel.cuda, sel.min_driver, sel.arch,
-                   res.request.python or "3.11", res.request.platform, sel.base_image, base_why, lock_file)
+                   res.request.python or "3.11", res.request.platform, sel.base_image, base_why, lock_file,
+                   format, platforms or (res.request.platform,))
 
     @classmethod
-    def from_manifest(cls, entry: dict[str, Any], base_why: str = "") -> "Target":
+    def from_manifest(cls, entry: dict[str, Any], base_why: str = "", format: str = "pip",
+                      platforms: tuple[str, ...] = ()) -> "Target":
         return cls(entry["framework"], entry["version"], entry["variant"], entry.get("cuda"),
                    entry.get("min_driver"), tuple(entry.get("arch") or ()), entry["python"], entry["platform"],
-                   entry.get("base_image"), base_why, entry["file"])
+                   entry.get("base_image"), base_why, entry["file"], format, platforms or (entry["platform"],))
+
+
+def is_conda_lock_file(name: str) -> bool:
+    return name.startswith("conda-lock") and name.endswith(".yml")
+
+
+def dockerfile_name(lock_file: str, several: bool) -> str:
+    """Dockerfile, or Dockerfile.<variant> beside a lock of several targets."""
+    if not several:
+        return "Dockerfile"
+    stem = lock_file.removesuffix(".lock").removesuffix(".yml")
+    return "Dockerfile." + stem.removeprefix("requirements-").removeprefix("conda-lock-")
 
 
 def targets_from_lock(lock_dir: Path) -> list[Target]:
@@ -66,13 +103,41 @@ def targets_from_lock(lock_dir: Path) -> list[Target]:
         raise BadInput(f"{path} not found: --lock takes a directory written by `envforge lock`") from None
     except (OSError, ValueError) as exc:
         raise BadInput(f"cannot read {path}: {exc}") from None
-    if doc.get("format") not in ("pip", None):
-        raise BadInput(f"{path}: Dockerfiles are made from pip-format locks, not {doc.get('format')!r}",
-                       fix="lock with --format pip (the default)")
+    fmt = doc.get("format") or "pip"
+    if fmt not in ("pip", "conda"):
+        raise BadInput(f"{path}: Dockerfiles are made from pip or conda locks, not {fmt!r}",
+                       fix="lock with --format pip (the default) or --format conda")
     try:
-        return [Target.from_manifest(t) for t in doc["targets"]]
+        entries = doc["targets"]
+        if fmt == "conda":  # environment.yml rows describe the same targets as the lock rows
+            return [Target.from_manifest(t, format="conda", platforms=lock_platforms(lock_dir / t["file"]))
+                    for t in entries if is_conda_lock_file(t["file"])]
+        return [Target.from_manifest(t) for t in entries]
     except (KeyError, TypeError) as exc:
         raise BadInput(f"{path}: not an envforge lock manifest (missing {exc})") from None
+
+
+def lock_platforms(path: Path) -> tuple[str, ...]:
+    """metadata.platforms of a conda-lock.yml."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput(f"{path} not found: the lock directory is incomplete (re-run `envforge lock`)") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror}") from None
+    return lock_platforms_text(text, str(path))
+
+
+def lock_platforms_text(text: str, where: str = "conda-lock.yml") -> tuple[str, ...]:
+    import yaml
+
+    try:
+        platforms = yaml.safe_load(text)["metadata"]["platforms"]
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise BadInput(f"{where} is not a conda-lock file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(platforms, list) or not platforms:
+        raise BadInput(f"{where}: metadata.platforms is empty")
+    return tuple(str(p) for p in platforms)
 
 
 def python_plan(base_image: str, python: str) -> tuple[str, str, str, str]:
@@ -107,8 +172,16 @@ def python_plan(base_image: str, python: str) -> tuple[str, str, str, str]:
 
 
 def render(target: Target, *, command: str, matrices_read: str, base_image: str | None = None,
-           wheelhouse: str | None = None) -> str:
+           wheelhouse: str | None = None, micromamba_image: str | None = None) -> str:
     """The Dockerfile text for one target."""
+    if target.format == "conda":
+        if wheelhouse:
+            raise BadInput("--wheelhouse is for pip locks: a conda lock installs from its channel URLs",
+                           fix="lock with --conda-channel NAME=URL pointing at a mirror the build can reach")
+        return render_conda(target, command=command, matrices_read=matrices_read, base_image=base_image,
+                            micromamba_image=micromamba_image)
+    if micromamba_image:
+        raise BadInput("--micromamba-image applies to conda locks (--format conda)")
     from .render import header, template
 
     image = base_image or target.base_image
@@ -128,6 +201,65 @@ def render(target: Target, *, command: str, matrices_read: str, base_image: str 
         framework=target.framework, version=target.version, variant=target.variant, cuda=target.cuda or "",
         min_driver=target.min_driver or "", arch=",".join(target.arch), envforge_version=__version__,
     )
+
+
+def conda_base_image(target: Target) -> tuple[str | None, str]:
+    """(image, why) for a conda environment: it brings Python, CUDA libraries and cuDNN itself."""
+    if not target.cuda:
+        return CONDA_CPU_BASE, ("a CPU conda environment brings its own Python and libraries: a slim Debian "
+                                f"(glibc {DISTRO_GLIBC['bookworm']}) is enough")
+    image = target.base_image or ""
+    # The pip resolution's nvidia/cuda tag is already the newest release not newer than the build's CUDA;
+    # the conda environment carries cuDNN and the CUDA libraries, so the smallest flavour of it is enough.
+    match = re.match(r"^nvidia/cuda:(?P<cuda>[\d.]+)-(?:base|(?:cudnn\d*-)?runtime)-(?P<os>ubuntu[\d.]+)$", image)
+    if not match:
+        return None, f"no nvidia/cuda base image known for CUDA {target.cuda}"
+    return (f"nvidia/cuda:{match['cuda']}-base-{match['os']}",
+            f"the conda environment carries its CUDA libraries (cuda-version {target.cuda}) and cuDNN: the smallest "
+            f"nvidia/cuda flavour (base), CUDA {match['cuda']}, not newer than the build's (NVIDIA_REQUIRE_CUDA), "
+            "so the NVIDIA container runtime mounts the driver and checks it")
+
+
+def render_conda(target: Target, *, command: str, matrices_read: str, base_image: str | None = None,
+                 micromamba_image: str | None = None) -> str:
+    """The Dockerfile for a conda lock: micromamba installs conda-lock.yml in a build stage."""
+    from .lock.conda import DEFAULT_GLIBC
+    from .render import header, template
+
+    if base_image:
+        image, why = base_image, "given with --base-image"
+    else:
+        image, why = conda_base_image(target)
+        if image is None:
+            raise BadInput(f"envforge knows no base image for {target.framework} {target.version} "
+                           f"({target.variant}): {why}", fix="pass --base-image")
+    distro = next((d for d in DISTRO_GLIBC if d in image), None)
+    if distro and _version_tuple(DISTRO_GLIBC[distro]) < _version_tuple(DEFAULT_GLIBC):
+        raise BadInput(f"{image} has glibc {DISTRO_GLIBC[distro]}; the conda lock was solved for glibc "
+                       f">= {DEFAULT_GLIBC} (__glibc) and its packages may not run there",
+                       fix="pass --base-image with a newer distribution (e.g. nvidia/cuda:<cuda>-base-ubuntu22.04)")
+    major, _, minor = target.python.partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        raise BadInput(f"Python {target.python!r} is not major.minor")
+    title = f"{target.framework} {target.version} ({target.variant}, conda)"
+    accel = f"CUDA {target.cuda}" if target.cuda else "CPU"
+    platforms = target.platforms or (target.platform,)
+    return template("Dockerfile.conda.j2").render(
+        header=header(command, matrices_read).rstrip("\n"),
+        base_image=image, base_why=why, python=target.python, python_tuple=f"{major}, {minor}",
+        micromamba_image=micromamba_image or MICROMAMBA_IMAGE, prefix=CONDA_PREFIX,
+        lock_file=target.lock_file, lock_platforms=", ".join(platforms),
+        docker_platforms=" or ".join(DOCKER_PLATFORMS.get(p, p) for p in platforms),
+        title=title, description=f"{title}, {accel}, Python {target.python}, {', '.join(platforms)}; made by envforge",
+        framework=target.framework, version=target.version, variant=target.variant, cuda=target.cuda or "",
+        # The GPU architectures are conda-forge's build flags, which envforge's matrices do not hold (the
+        # pip build's list would be a guess): the label stays empty rather than wrong.
+        min_driver=target.min_driver or "", arch="", envforge_version=__version__,
+    )
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
 
 
 def _default_why(target: Target) -> str:

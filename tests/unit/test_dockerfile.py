@@ -107,3 +107,71 @@ def test_guard_is_standard_library_only() -> None:
     text = dockerfile_mod.guard_text()
     imports = {line.split()[1] for line in text.splitlines() if line.startswith("import ")}
     assert imports <= {"ctypes", "os", "sys"}
+
+
+# --------------------------------------------------------------------------- the conda flavour (micromamba)
+
+
+def conda_target(matrix, python: str = "3.11", platforms=("linux-64",), **kw) -> dockerfile_mod.Target:
+    res = resolve(matrix, HostFacts(source="none", constrained=False), Request(python=python, **kw))
+    assert res.ok, res.to_json()
+    return dockerfile_mod.Target.from_resolution(res, "conda-lock.yml", format="conda", platforms=platforms)
+
+
+CONDA_CASES = [
+    ("torch cu118", dict(framework="torch", version="2.1.2", cuda="11.8"), "nvidia/cuda:11.8.0-base-ubuntu22.04"),
+    ("torch cu126", dict(framework="torch", version="2.7.1", cuda="12.6"), "nvidia/cuda:12.6.3-base-ubuntu24.04"),
+    ("torch cpu", dict(framework="torch", version="2.7.1", cuda="cpu"), "debian:bookworm-slim"),
+    # pip needs cudnn-runtime for this TensorFlow; the conda environment carries cuDNN, so base is enough
+    ("tensorflow cuda 11.8", dict(framework="tensorflow", version="2.13.1", cuda="11.8"),
+     "nvidia/cuda:11.8.0-base-ubuntu22.04"),
+    ("jax cuda12", dict(framework="jax", version="0.4.30", cuda="12"), "-base-ubuntu"),
+]
+
+
+@pytest.mark.parametrize("label,request_kw,image", CONDA_CASES, ids=[c[0] for c in CONDA_CASES])
+def test_conda_dockerfiles(matrix, tmp_path: Path, label, request_kw, image) -> None:
+    t = conda_target(matrix, platforms=("linux-64", "linux-aarch64"), **request_kw)
+    text = render(t)
+    lines = text.splitlines()
+    base_arg = next(line for line in lines if line.startswith("ARG BASE_IMAGE="))
+    assert image in base_arg and "cudnn" not in base_arg
+    assert f"ARG MICROMAMBA_IMAGE={dockerfile_mod.MICROMAMBA_IMAGE}" in lines
+    assert "COPY --from=micromamba /bin/micromamba /usr/local/bin/micromamba" in lines
+    # micromamba treats a file as a conda-lock lock only when its name ends in -lock.yml
+    assert "COPY conda-lock.yml /tmp/envforge/conda-lock.yml" in lines
+    assert "micromamba create --yes --prefix /opt/conda-env --file /tmp/envforge/conda-lock.yml" in text
+    assert "sys.version_info[:2] == (3, 11)" in text  # an empty environment (platform not in the lock) fails
+    assert "COPY --from=build /opt/conda-env /opt/conda-env" in lines
+    assert lines.index("COPY --from=build /opt/conda-env /opt/conda-env") > lines.index("COPY envforge-guard.py "
+                                                                                        "/usr/local/bin/envforge-guard")
+    assert "pip install" not in text and "/opt/venv" not in text
+    assert 'ENTRYPOINT ["/opt/conda-env/bin/python", "/usr/local/bin/envforge-guard"]' in lines
+    assert "USER 10001:10001" in lines and "ENV PATH=/opt/conda-env/bin:$PATH \\" in lines
+    assert f'ENVFORGE_MIN_DRIVER="{t.min_driver or ""}"' in text and 'dev.envforge.format="conda"' in text
+    assert 'dev.envforge.arch=""' in text  # conda-forge's arch flags are not in the matrices: no guess
+    assert "linux/amd64 or linux/arm64" in text
+    result = hadolint(text, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_cudnn_runtime_image_has_a_base_flavour(matrix) -> None:
+    """conda_base_image swaps the pip resolution's flavour for `base`: that tag must exist too."""
+    for image in matrix.images():
+        if any(f.startswith("cudnn") for f in image.flavours):
+            assert "base" in image.flavours, image.cuda
+
+
+def test_conda_base_image_too_old_for_the_lock_glibc_is_refused(matrix) -> None:
+    t = conda_target(matrix, framework="torch", version="2.1.2", cuda="11.8")
+    with pytest.raises(BadInput) as info:
+        render(t, base_image="nvidia/cuda:11.8.0-base-ubuntu18.04")
+    assert "glibc 2.27" in info.value.message and "--base-image" in (info.value.fix or "")
+    assert "nvidia/cuda:11.8.0-base-ubuntu20.04" in render(t, base_image="nvidia/cuda:11.8.0-base-ubuntu20.04")
+
+
+def test_conda_flavour_has_no_wheelhouse_and_pip_has_no_micromamba(matrix) -> None:
+    with pytest.raises(BadInput):
+        render(conda_target(matrix, framework="torch", version="2.7.1", cuda="cpu"), wheelhouse="wheelhouse")
+    with pytest.raises(BadInput):
+        render(target(matrix, framework="torch", version="2.7.1", cuda="cpu"), micromamba_image="x/micromamba:1")
