@@ -54,6 +54,9 @@ class FakePackage:
     depends: tuple[str, ...] = ()
     constrains: tuple[str, ...] = ()
     noarch: str | None = None
+    # Files the package installs: (path, content), content "-> TARGET" for a symlink. Empty for the
+    # solver tests; the docker test's packages carry a few (see payload_packages).
+    payload: tuple[tuple[str, str], ...] = ()
 
     @property
     def filename(self) -> str:
@@ -141,21 +144,52 @@ PACKAGES: tuple[FakePackage, ...] = (
 
 
 def _archive(package: FakePackage) -> bytes:
-    """A reproducible .tar.bz2 conda package holding only info/index.json and info/paths.json."""
+    """A reproducible .tar.bz2 conda package: info/index.json, info/paths.json and the payload, if any."""
+    paths = [{"_path": path, "path_type": "softlink" if content.startswith("-> ") else "hardlink"}
+             for path, content in package.payload]
     members = {
         "info/index.json": json.dumps(package.index_json(), indent=2, sort_keys=True).encode(),
-        "info/paths.json": json.dumps({"paths": [], "paths_version": 1}, sort_keys=True).encode(),
+        "info/paths.json": json.dumps({"paths": paths, "paths_version": 1}, sort_keys=True).encode(),
     }
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members.items():
+        for name, content in [*members.items(), *package.payload]:
             info = tarfile.TarInfo(name)
-            info.size = len(data)
             info.mtime = 0
             info.mode = 0o644
             info.uname = info.gname = "root"
+            if isinstance(content, str) and content.startswith("-> "):
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, content[3:], 0o777
+                tar.addfile(info)
+                continue
+            data = content if isinstance(content, bytes) else content.encode()
+            info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return bz2.compress(raw.getvalue(), compresslevel=9)
+
+
+def payload_packages(python: str = "3.11") -> tuple[FakePackage, ...]:
+    """PACKAGES, with linux-64's python X.Y and CPU pytorch carrying files, for a docker build test.
+
+    The "python" package is a virtual environment over the image's own /usr/bin/python3 (a bin/python
+    symlink and a pyvenv.cfg), so the environment has a working interpreter with its own site-packages;
+    "pytorch" installs a torch module that only knows its version. Stand-ins, not conda-forge's packages.
+    """
+    import dataclasses
+
+    site = f"lib/python{python}/site-packages"
+    out = []
+    for package in PACKAGES:
+        if package.subdir == "linux-64" and package.name == "python" and package.version.startswith(python + "."):
+            package = dataclasses.replace(package, payload=(
+                ("bin/python", "-> /usr/bin/python3"),
+                ("pyvenv.cfg", f"home = /usr/bin\ninclude-system-site-packages = false\nversion = {python}\n")))
+        elif (package.subdir == "linux-64" and package.name == "pytorch" and "cpu" in package.build
+              and f"py{python.replace('.', '')}" in package.build):
+            package = dataclasses.replace(package, payload=(
+                (f"{site}/torch/__init__.py", f'__version__ = "{package.version}"\n'),))
+        out.append(package)
+    return tuple(out)
 
 
 def build_channel(dest: Path, packages: tuple[FakePackage, ...] = PACKAGES) -> Path:
