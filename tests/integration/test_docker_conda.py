@@ -97,7 +97,9 @@ def built(served_channel: str, standin_image: str, tmp_path_factory: pytest.Temp
     locked = lock(out, served_channel)
     assert locked.returncode == 0, locked.stderr
     build = envforge("build", str(out), cache=out.parent / "rattler-cache")  # default tag
-    return out, build
+    yield out, build
+    # Its "torch" is a stand-in: no later test (test_smoke picks any envforge-labelled image) may find it.
+    subprocess.run(["docker", "rmi", "-f", TAG], capture_output=True)
 
 
 def test_the_conda_image_builds(built) -> None:
