@@ -173,7 +173,8 @@ def payload_packages(python: str = "3.11") -> tuple[FakePackage, ...]:
 
     The "python" package is a virtual environment over the image's own /usr/bin/python3 (a bin/python
     symlink and a pyvenv.cfg), so the environment has a working interpreter with its own site-packages;
-    "pytorch" installs a torch module that only knows its version. Stand-ins, not conda-forge's packages.
+    "pytorch" installs a torch module that only knows its version, an activate.d script and an env_vars.d
+    file. Stand-ins, not conda-forge's packages.
     """
     import dataclasses
 
@@ -187,7 +188,10 @@ def payload_packages(python: str = "3.11") -> tuple[FakePackage, ...]:
         elif (package.subdir == "linux-64" and package.name == "pytorch" and "cpu" in package.build
               and f"py{python.replace('.', '')}" in package.build):
             package = dataclasses.replace(package, payload=(
-                (f"{site}/torch/__init__.py", f'__version__ = "{package.version}"\n'),))
+                (f"{site}/torch/__init__.py", f'__version__ = "{package.version}"\n'),
+                # what real packages ship for activation (e.g. gdal's GDAL_DATA), for the image's guard to apply
+                ("etc/conda/activate.d/envforge-test.sh", 'export ENVFORGE_TEST_ACTIVATED="sourced:$CONDA_PREFIX"\n'),
+                ("etc/conda/env_vars.d/envforge-test.json", '{"envforge_test_var": "from-env-vars-d"}\n')))
         out.append(package)
     return tuple(out)
 

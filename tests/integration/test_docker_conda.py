@@ -123,6 +123,17 @@ def test_the_container_runs_the_environment_through_the_guard_as_a_user(built) -
     assert "runs on the CPU: no driver needed" in run.stderr
 
 
+def test_the_entrypoint_activates_the_environment(built) -> None:
+    """The guard applies env_vars.d and sources activate.d/*.sh, as `micromamba activate` would."""
+    _, build = built
+    assert build.returncode == 0
+    run = subprocess.run(["docker", "run", "--rm", TAG, "sh", "-c",
+                          'echo "$ENVFORGE_TEST_ACTIVATED $ENVFORGE_TEST_VAR $CONDA_SHLVL"'],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["sourced:/opt/conda-env", "from-env-vars-d", "1"]
+
+
 def test_only_the_environment_reaches_the_final_image(built) -> None:
     _, build = built
     assert build.returncode == 0

@@ -106,7 +106,7 @@ def _refuse(*args, **kwargs):
 def test_guard_is_standard_library_only() -> None:
     text = dockerfile_mod.guard_text()
     imports = {line.split()[1] for line in text.splitlines() if line.startswith("import ")}
-    assert imports <= {"ctypes", "os", "sys"}
+    assert imports <= {"ctypes", "glob", "json", "os", "shlex", "shutil", "sys"}
 
 
 # --------------------------------------------------------------------------- the conda flavour (micromamba)
@@ -175,3 +175,35 @@ def test_conda_flavour_has_no_wheelhouse_and_pip_has_no_micromamba(matrix) -> No
         render(conda_target(matrix, framework="torch", version="2.7.1", cuda="cpu"), wheelhouse="wheelhouse")
     with pytest.raises(BadInput):
         render(target(matrix, framework="torch", version="2.7.1", cuda="cpu"), micromamba_image="x/micromamba:1")
+
+
+def test_guard_activates_a_conda_environment_like_micromamba(tmp_path: Path) -> None:
+    """env_vars.d (sorted), then conda-meta/state's env_vars (they win), upper-cased, ***unset*** unsets;
+    then activate.d/*.sh sourced in order, before the command. Without CONDA_PREFIX: nothing."""
+    import json
+    import os
+
+    prefix = tmp_path / "env"
+    (prefix / "conda-meta").mkdir(parents=True)
+    (prefix / "etc/conda/env_vars.d").mkdir(parents=True)
+    (prefix / "etc/conda/activate.d").mkdir(parents=True)
+    (prefix / "etc/conda/env_vars.d/a.json").write_text(json.dumps({"foo_var": "from-a", "gone": "***unset***"}))
+    (prefix / "etc/conda/env_vars.d/b.json").write_text(json.dumps({"bar_var": "from-b"}))
+    (prefix / "conda-meta/state").write_text(json.dumps({"env_vars": {"foo_var": "from-state"}}))
+    (prefix / "etc/conda/activate.d/20-y.sh").write_text('export Y_ACT="$X_ACT+y"\n')
+    (prefix / "etc/conda/activate.d/10-x.sh").write_text('export X_ACT="x:$FOO_VAR"\n')
+    (prefix / "etc/conda/activate.d/30-ignored.csh").write_text("setenv Z_ACT 1\n")
+    guard = tmp_path / "guard.py"
+    guard.write_text(dockerfile_mod.guard_text())
+    names = ["FOO_VAR", "BAR_VAR", "GONE", "X_ACT", "Y_ACT", "Z_ACT", "CONDA_SHLVL", "CONDA_DEFAULT_ENV"]
+    probe = [sys.executable, "-c", f"import os, json; print(json.dumps({{k: os.environ.get(k) for k in {names}}}))"]
+    env = {"PATH": os.environ["PATH"], "GONE": "present", "ENVFORGE_MIN_DRIVER": ""}
+    run = subprocess.run([sys.executable, str(guard), *probe], capture_output=True, text=True,
+                         env={**env, "CONDA_PREFIX": str(prefix)}, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {
+        "FOO_VAR": "from-state", "BAR_VAR": "from-b", "GONE": None, "X_ACT": "x:from-state",
+        "Y_ACT": "x:from-state+y", "Z_ACT": None, "CONDA_SHLVL": "1", "CONDA_DEFAULT_ENV": str(prefix)}
+    plain = subprocess.run([sys.executable, str(guard), *probe], capture_output=True, text=True, env=env, timeout=60)
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)["GONE"] == "present" and json.loads(plain.stdout)["X_ACT"] is None
