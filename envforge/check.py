@@ -2084,8 +2084,10 @@ def check(path: Path, targets: Sequence[Target], matrix: Matrix, *, driver_polic
             reader = DockerfileReader(project, file)
             stage_contexts = reader.read()
             contexts.extend(stage_contexts)
-            for stage in reader.stages:
-                if stage.image is not None:
+            seen_images: set[str] = set()
+            for stage in reader.stages:  # a build stage and a final stage on one base: one report, at the first
+                if stage.image is not None and stage.image.ref not in seen_images:
+                    seen_images.add(stage.image.ref)
                     findings.extend(_image_findings(matrix, stage.image, targets))
         elif kind == "manifest":
             findings.extend(_stale_manifest(project, file))

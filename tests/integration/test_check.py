@@ -344,3 +344,18 @@ def test_doctor_smoke_imports_and_fails_loudly(fake_environment: Path) -> None:
     code, out, _ = run("doctor", "--python", str(fake_environment), "--no-detect", "--smoke")
     assert code == 1
     assert "torch: FAILED: import: ImportError: libcudart.so.12" in out  # the import check of envforge smoke
+
+
+def test_a_base_image_shared_by_two_stages_is_reported_once(tmp_path: Path) -> None:
+    """envforge's own Dockerfiles build and run on one base (FROM ${BASE_IMAGE} twice): one finding, at the first."""
+    (tmp_path / "Dockerfile").write_text(
+        "ARG BASE_IMAGE=nvidia/cuda:11.8.0-base-ubuntu22.04\n"
+        "FROM ${BASE_IMAGE} AS build\n"
+        "RUN true\n"
+        "FROM ${BASE_IMAGE}\n"
+        'CMD ["python"]\n')
+    code, out, err = run("check", str(tmp_path), "--target", "driver=440.33.01,gpu=Tesla T4", "--format", "json")
+    doc = json.loads(out)
+    image_findings = [f for f in doc["findings"] if f["code"] == "driver_too_old"]
+    assert len(image_findings) == 1, doc["findings"]
+    assert image_findings[0]["line"] == 2
