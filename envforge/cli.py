@@ -453,7 +453,8 @@ def _conda_dockerfiles(lockset: Any, command: str, matrices_read: str, base_imag
 @click.option("--base-image", default=None, metavar="IMAGE", help="Override the base image.")
 @click.option("--micromamba-image", default=None, metavar="IMAGE",
               help="conda: the image micromamba is copied from (default: mambaorg/micromamba:2.6.1).")
-@click.option("--pin-digest", is_flag=True, help="Resolve the base image's tag to its digest at the registry.")
+@click.option("--pin-digest", is_flag=True,
+              help="Resolve the base image's tag (and, for conda, micromamba's) to its digest at the registry.")
 @click.option("--wheelhouse", default=None, metavar="DIR",
               help="Air-gapped build: install from DIR (inside the lock directory) with --no-index.")
 @click.option("--fill-wheelhouse", is_flag=True, help="Download the lock's wheels into the wheelhouse (pip download).")
@@ -500,11 +501,6 @@ def dockerfile(framework: str | None, version: str | None, cuda: str | None, pyt
             target = dockerfile_mod.Target.from_resolution(res, "conda-lock.yml", format="conda")
         else:
             target = dockerfile_mod.Target.from_resolution(res, "requirements.lock")
-    image = base_image
-    if pin_digest:
-        default_image = (dockerfile_mod.conda_base_image(target)[0] if target.format == "conda"
-                         else target.base_image)
-        image = dockerfile_mod.pin_digest(base_image or default_image or "")
     if wheelhouse and fill_wheelhouse:
         if not lock_dir:
             raise BadInput("--fill-wheelhouse needs --lock DIR (the wheels are downloaded from the lock)")
@@ -512,8 +508,8 @@ def dockerfile(framework: str | None, version: str | None, cuda: str | None, pyt
 
         fill(Path(lock_dir) / target.lock_file, Path(lock_dir) / wheelhouse, target.python, target.platform,
              verbose=verbose)
-    text = dockerfile_mod.render(target, command=command, matrices_read=data.read_date(), base_image=image,
-                                 wheelhouse=wheelhouse, micromamba_image=micromamba_image)
+    text = dockerfile_mod.render(target, command=command, matrices_read=data.read_date(), base_image=base_image,
+                                 wheelhouse=wheelhouse, micromamba_image=micromamba_image, pin=pin_digest)
     destination = Path(output) if output else (Path(lock_dir) / "Dockerfile" if lock_dir else None)
     if destination is None:
         click.echo(text, nl=False)

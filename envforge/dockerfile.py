@@ -172,14 +172,14 @@ def python_plan(base_image: str, python: str) -> tuple[str, str, str, str]:
 
 
 def render(target: Target, *, command: str, matrices_read: str, base_image: str | None = None,
-           wheelhouse: str | None = None, micromamba_image: str | None = None) -> str:
-    """The Dockerfile text for one target."""
+           wheelhouse: str | None = None, micromamba_image: str | None = None, pin: bool = False) -> str:
+    """The Dockerfile text for one target. pin: resolve the images' tags to digests (exit 3 offline)."""
     if target.format == "conda":
         if wheelhouse:
             raise BadInput("--wheelhouse is for pip locks: a conda lock installs from its channel URLs",
                            fix="lock with --conda-channel NAME=URL pointing at a mirror the build can reach")
         return render_conda(target, command=command, matrices_read=matrices_read, base_image=base_image,
-                            micromamba_image=micromamba_image)
+                            micromamba_image=micromamba_image, pin=pin)
     if micromamba_image:
         raise BadInput("--micromamba-image applies to conda locks (--format conda)")
     from .render import header, template
@@ -189,6 +189,8 @@ def render(target: Target, *, command: str, matrices_read: str, base_image: str 
         raise BadInput(f"envforge knows no base image for {target.framework} {target.version} ({target.variant})",
                        fix="pass --base-image")
     why = "given with --base-image" if base_image else (target.base_why or _default_why(target))
+    if pin:
+        image, why = pin_digest(image), why + "; pinned to its digest (--pin-digest)"
     python_why, build_setup, runtime_setup, exe = python_plan(image, target.python)
     title = f"{target.framework} {target.version} ({target.variant})"
     accel = f"CUDA {target.cuda}" if target.cuda else "CPU"
@@ -221,7 +223,7 @@ def conda_base_image(target: Target) -> tuple[str | None, str]:
 
 
 def render_conda(target: Target, *, command: str, matrices_read: str, base_image: str | None = None,
-                 micromamba_image: str | None = None) -> str:
+                 micromamba_image: str | None = None, pin: bool = False) -> str:
     """The Dockerfile for a conda lock: micromamba installs conda-lock.yml in a build stage."""
     from .lock.conda import DEFAULT_GLIBC
     from .render import header, template
@@ -241,13 +243,17 @@ def render_conda(target: Target, *, command: str, matrices_read: str, base_image
     major, _, minor = target.python.partition(".")
     if not (major.isdigit() and minor.isdigit()):
         raise BadInput(f"Python {target.python!r} is not major.minor")
+    micromamba_image = micromamba_image or MICROMAMBA_IMAGE
+    if pin:  # micromamba-docker's docs/tags.rst: "reference the image's sha256 digest and not use tags"
+        image, why = pin_digest(image), why + "; pinned to its digest (--pin-digest)"
+        micromamba_image = pin_digest(micromamba_image)
     title = f"{target.framework} {target.version} ({target.variant}, conda)"
     accel = f"CUDA {target.cuda}" if target.cuda else "CPU"
     platforms = target.platforms or (target.platform,)
     return template("Dockerfile.conda.j2").render(
         header=header(command, matrices_read).rstrip("\n"),
         base_image=image, base_why=why, python=target.python, python_tuple=f"{major}, {minor}",
-        micromamba_image=micromamba_image or MICROMAMBA_IMAGE, prefix=CONDA_PREFIX,
+        micromamba_image=micromamba_image, prefix=CONDA_PREFIX,
         lock_file=target.lock_file, lock_platforms=", ".join(platforms),
         docker_platforms=" or ".join(DOCKER_PLATFORMS.get(p, p) for p in platforms),
         title=title, description=f"{title}, {accel}, Python {target.python}, {', '.join(platforms)}; made by envforge",
@@ -276,7 +282,10 @@ def guard_text() -> str:
 
 
 def pin_digest(image: str) -> str:
-    """image:tag -> image@sha256:..., asking the registry (Docker Hub's token flow). Exit 3 when unreachable."""
+    """image:tag -> image:tag@sha256:..., asking the registry (Docker Hub's token flow). Exit 3 when unreachable.
+
+    The tag stays for readers and for envforge's own reading of the distribution in it (Docker pulls by the
+    digest and ignores the tag when both are given)."""
     import urllib.error
     import urllib.request
 
@@ -312,5 +321,4 @@ def pin_digest(image: str) -> str:
         ) from None
     if not digest:
         raise EnvironmentFailure(f"{registry} gave no digest for {image}")
-    name = image.split("@")[0].rsplit(":", 1)[0] if match.group("tag") else image
-    return f"{name}@{digest}"
+    return f"{image.split('@')[0]}@{digest}"

@@ -207,3 +207,34 @@ def test_guard_activates_a_conda_environment_like_micromamba(tmp_path: Path) -> 
     plain = subprocess.run([sys.executable, str(guard), *probe], capture_output=True, text=True, env=env, timeout=60)
     assert plain.returncode == 0, plain.stderr
     assert json.loads(plain.stdout)["GONE"] == "present" and json.loads(plain.stdout)["X_ACT"] is None
+
+
+def test_pin_digest_pins_both_images_and_keeps_the_tag(monkeypatch) -> None:
+    """--pin-digest: base (and micromamba, for conda) as name:tag@sha256:...; the tag still tells envforge the
+    distribution (deadsnakes on ubuntu24.04 for Python 3.11) and the reader what it is."""
+    from click.testing import CliRunner
+
+    from envforge.cli import cli
+
+    digest = "sha256:" + "ab" * 32
+    pinned = []
+
+    def fake_pin(image: str) -> str:
+        pinned.append(image)
+        return f"{image}@{digest}"
+
+    monkeypatch.setattr(dockerfile_mod, "pin_digest", fake_pin)
+    result = CliRunner().invoke(cli, ["dockerfile", "-f", "torch", "--version", "2.1.2", "--cuda", "11.8",
+                                      "--format", "conda", "--no-detect", "--pin-digest"])
+    assert result.exit_code == 0, result.output
+    assert pinned == ["nvidia/cuda:11.8.0-base-ubuntu22.04", dockerfile_mod.MICROMAMBA_IMAGE]
+    assert f"ARG BASE_IMAGE=nvidia/cuda:11.8.0-base-ubuntu22.04@{digest}" in result.output
+    assert f"ARG MICROMAMBA_IMAGE={dockerfile_mod.MICROMAMBA_IMAGE}@{digest}" in result.output
+    assert "pinned to its digest (--pin-digest)" in result.output
+    pinned.clear()
+    result = CliRunner().invoke(cli, ["dockerfile", "-f", "torch", "--version", "2.7.1", "--cuda", "12.6",
+                                      "--python", "3.11", "--no-detect", "--pin-digest"])
+    assert result.exit_code == 0, result.output
+    assert pinned == ["nvidia/cuda:12.6.3-base-ubuntu24.04"]
+    assert f"ARG BASE_IMAGE=nvidia/cuda:12.6.3-base-ubuntu24.04@{digest}" in result.output
+    assert "deadsnakes" in result.output  # the distribution is still read from the tag
