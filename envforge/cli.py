@@ -430,8 +430,8 @@ def _conda_dockerfiles(lockset: Any, command: str, matrices_read: str, base_imag
     locks = [t for t in lockset.targets if dockerfile_mod.is_conda_lock_file(t.file)]
     out = {}
     for locked in locks:
-        spec = dockerfile_mod.Target.from_resolution(
-            locked.resolution, locked.file, format="conda", platforms=dockerfile_mod.lock_platforms_text(locked.text))
+        spec = dockerfile_mod.Target.from_resolution(locked.resolution, locked.file, format="conda",
+                                                     platforms=locked.platforms)
         out[dockerfile_mod.dockerfile_name(locked.file, several=len(locks) > 1)] = dockerfile_mod.render(
             spec, command=command, matrices_read=matrices_read, base_image=base_image,
             micromamba_image=micromamba_image)

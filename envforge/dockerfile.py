@@ -119,24 +119,18 @@ def targets_from_lock(lock_dir: Path) -> list[Target]:
 
 def lock_platforms(path: Path) -> tuple[str, ...]:
     """metadata.platforms of a conda-lock.yml."""
+    import yaml
+
     try:
-        text = path.read_text(encoding="utf-8")
+        platforms = yaml.safe_load(path.read_text(encoding="utf-8"))["metadata"]["platforms"]
     except FileNotFoundError:
         raise BadInput(f"{path} not found: the lock directory is incomplete (re-run `envforge lock`)") from None
     except OSError as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror}") from None
-    return lock_platforms_text(text, str(path))
-
-
-def lock_platforms_text(text: str, where: str = "conda-lock.yml") -> tuple[str, ...]:
-    import yaml
-
-    try:
-        platforms = yaml.safe_load(text)["metadata"]["platforms"]
     except (yaml.YAMLError, KeyError, TypeError) as exc:
-        raise BadInput(f"{where} is not a conda-lock file ({type(exc).__name__}: {exc})") from None
+        raise BadInput(f"{path} is not a conda-lock file ({type(exc).__name__}: {exc})") from None
     if not isinstance(platforms, list) or not platforms:
-        raise BadInput(f"{where}: metadata.platforms is empty")
+        raise BadInput(f"{path}: metadata.platforms is empty")
     return tuple(str(p) for p in platforms)
 
 
@@ -207,24 +201,25 @@ def render(target: Target, *, command: str, matrices_read: str, base_image: str 
 
 def conda_base_image(target: Target) -> tuple[str | None, str]:
     """(image, why) for a conda environment: it brings Python, CUDA libraries and cuDNN itself."""
+    from .matrix import load
+    from .resolve import cuda_image
+
     if not target.cuda:
         return CONDA_CPU_BASE, ("a CPU conda environment brings its own Python and libraries: a slim Debian "
                                 f"(glibc {DISTRO_GLIBC['bookworm']}) is enough")
-    image = target.base_image or ""
-    # The pip resolution's nvidia/cuda tag is already the newest release not newer than the build's CUDA;
-    # the conda environment carries cuDNN and the CUDA libraries, so the smallest flavour of it is enough.
-    match = re.match(r"^nvidia/cuda:(?P<cuda>[\d.]+)-(?:base|(?:cudnn\d*-)?runtime)-(?P<os>ubuntu[\d.]+)$", image)
-    if not match:
-        return None, f"no nvidia/cuda base image known for CUDA {target.cuda}"
-    return (f"nvidia/cuda:{match['cuda']}-base-{match['os']}",
-            f"the conda environment carries its CUDA libraries (cuda-version {target.cuda}) and cuDNN: the smallest "
-            f"nvidia/cuda flavour (base), CUDA {match['cuda']}, not newer than the build's (NVIDIA_REQUIRE_CUDA), "
+    image, cuda = cuda_image(load(), target.cuda, "base")
+    if image is None:
+        return None, cuda
+    return (image, f"the conda environment carries its CUDA libraries (cuda-version {target.cuda}) and cuDNN: the "
+            f"smallest nvidia/cuda flavour (base), CUDA {cuda}, not newer than the build's (NVIDIA_REQUIRE_CUDA), "
             "so the NVIDIA container runtime mounts the driver and checks it")
 
 
 def render_conda(target: Target, *, command: str, matrices_read: str, base_image: str | None = None,
                  micromamba_image: str | None = None, pin: bool = False) -> str:
     """The Dockerfile for a conda lock: micromamba installs conda-lock.yml in a build stage."""
+    from packaging.version import Version
+
     from .lock.conda import DEFAULT_GLIBC
     from .render import header, template
 
@@ -236,7 +231,7 @@ def render_conda(target: Target, *, command: str, matrices_read: str, base_image
             raise BadInput(f"envforge knows no base image for {target.framework} {target.version} "
                            f"({target.variant}): {why}", fix="pass --base-image")
     distro = next((d for d in DISTRO_GLIBC if d in image), None)
-    if distro and _version_tuple(DISTRO_GLIBC[distro]) < _version_tuple(DEFAULT_GLIBC):
+    if distro and Version(DISTRO_GLIBC[distro]) < Version(DEFAULT_GLIBC):
         raise BadInput(f"{image} has glibc {DISTRO_GLIBC[distro]}; the conda lock was solved for glibc "
                        f">= {DEFAULT_GLIBC} (__glibc) and its packages may not run there",
                        fix="pass --base-image with a newer distribution (e.g. nvidia/cuda:<cuda>-base-ubuntu22.04)")
@@ -262,10 +257,6 @@ def render_conda(target: Target, *, command: str, matrices_read: str, base_image
         # pip build's list would be a guess): the label stays empty rather than wrong.
         min_driver=target.min_driver or "", arch="", envforge_version=__version__,
     )
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(".") if p.isdigit())
 
 
 def _default_why(target: Target) -> str:

@@ -145,8 +145,7 @@ def _extra_requires(requires_dist: Iterable[str], extra: str, prefix: str = "nvi
 
 
 def _refresh_releases(
-    subject: str, rows: list[ReleaseRow], files: list[DistFile], wheels_of: Any, notes: list[str],
-    only: Any,
+    subject: str, rows: list[ReleaseRow], wheels_of: Any, notes: list[str], only: Any,
 ) -> list[ReleaseRow]:
     new_rows = []
     for row in rows:
@@ -193,12 +192,12 @@ def refresh(directory: Path | None = None, pypi: PyPI | None = None, frameworks:
     result = RefreshResult()
     for subject in frameworks:
         path = directory / f"{subject}.toml"
-        mf, problems = matrix_mod.parse_file(path)
+        old = path.read_text(encoding="utf-8")
+        mf, problems = matrix_mod.parse_file(path, old)
         if problems:
             from .errors import MatrixError
 
             raise MatrixError(f"{path} is invalid; run `envforge matrix validate` first:\n  " + "\n  ".join(problems[:10]))
-        old = path.read_text(encoding="utf-8")
         releases = list(mf.rows("release"))
         builds = list(mf.rows("build"))
         dist = {"torch": "torch", "tensorflow": "tensorflow", "jax": "jaxlib"}[subject]
@@ -210,18 +209,18 @@ def refresh(directory: Path | None = None, pypi: PyPI | None = None, frameworks:
                 by_version[version] = _linux_wheels(files, version)
             return by_version[version]
 
-        jaxlib_of = {r.version: (r.jaxlib or r.version) for r in releases}
         if subject == "jax":
-            releases = _refresh_releases(subject, releases, files, lambda v: wheels_of(jaxlib_of[v]), result.notes, only)
+            jaxlib_of = {r.version: (r.jaxlib or r.version) for r in releases}
+            releases = _refresh_releases(subject, releases, lambda v: wheels_of(jaxlib_of[v]), result.notes, only)
         else:
-            releases = _refresh_releases(subject, releases, files, wheels_of, result.notes, only)
+            releases = _refresh_releases(subject, releases, wheels_of, result.notes, only)
             _missing_releases(subject, releases, files, result.notes)
         if subject == "torch":
             builds = _refresh_torch(builds, releases, wheels_of, pypi, result.notes, only)
         elif subject == "tensorflow":
             builds = _refresh_tensorflow(builds, releases, wheels_of, pypi, result.notes, only)
         else:
-            builds = _refresh_jax(builds, releases, pypi, result.notes, only)
+            builds = _refresh_jax(builds, jaxlib_of, pypi, result.notes, only)
         tables = dict(mf.tables)
         tables["release"] = tuple(releases)
         tables["build"] = tuple(builds)
@@ -292,11 +291,10 @@ def _refresh_tensorflow(builds: list[BuildRow], releases: list[ReleaseRow], whee
     return _per_release(builds, releases, wheels_of, pypi, only, update)
 
 
-def _refresh_jax(builds: list[BuildRow], releases: list[ReleaseRow], pypi: PyPI, notes: list[str],
+def _refresh_jax(builds: list[BuildRow], jaxlib_of: dict[str, str], pypi: PyPI, notes: list[str],
                  only: Any) -> list[BuildRow]:
     plugin_files: dict[str, list[DistFile]] = {}
     out: list[BuildRow] = []
-    jaxlib_of = {r.version: (r.jaxlib or r.version) for r in releases}
     for b in builds:
         match = re.fullmatch(r"cuda(\d+)", b.variant)
         if match is None or (only is not None and not only.contains(b.version, prereleases=True)):

@@ -123,8 +123,22 @@ def base_image(matrix: Matrix, build: BuildRow, python: str) -> tuple[str | None
         return None, "envforge has no ROCm base-image data; pass --base-image"
     if not build.cuda:
         return f"python:{python}-slim", "a CPU build needs no CUDA userspace: the official slim Python image"
-    wanted = Version(build.cuda).release[:2]
     flavour = "cudnn-runtime" if build.system_cuda else "base"
+    cudnn = build.cudnn if build.system_cuda else None
+    image, cuda = cuda_image(matrix, build.cuda, flavour, cudnn)
+    if image is None:
+        return None, cuda
+    why = (
+        f"{'wheels bundle their CUDA libraries: the smallest flavour (base)' if not build.system_cuda else 'this build needs CUDA and cuDNN from the system: cudnn-runtime'}"
+        f", CUDA {cuda} (not newer than the build's {build.cuda}), newest Ubuntu for it"
+    )
+    return image, why
+
+
+def cuda_image(matrix: Matrix, cuda: str, flavour: str, cudnn: str | None = None) -> tuple[str | None, str]:
+    """(the nvidia/cuda tag of `flavour` for a build of CUDA `cuda`, the image's full CUDA version),
+    or (None, the reason). `cudnn`: the cuDNN (major) the image must carry, for cudnn flavours."""
+    wanted = Version(cuda).release[:2]
     best = None
     for image in matrix.images():
         release = Version(image.cuda).release
@@ -132,21 +146,17 @@ def base_image(matrix: Matrix, build: BuildRow, python: str) -> tuple[str | None
         # NVIDIA_REQUIRE_CUDA=cuda>=X.Y, which the container runtime checks against the driver.
         if release[0] != wanted[0] or release[:2] > wanted or flavour not in image.flavours:
             continue
-        if build.system_cuda and build.cudnn and image.cudnn and image.cudnn != build.cudnn.split(".")[0]:
+        if cudnn and image.cudnn and image.cudnn != cudnn.split(".")[0]:
             continue
         if best is None or release > Version(best.cuda).release:
             best = image
     if best is None:
-        return None, f"no nvidia/cuda {flavour} image for CUDA {build.cuda} in images.toml; pass --base-image"
+        return None, f"no nvidia/cuda {flavour} image for CUDA {cuda} in images.toml; pass --base-image"
     ubuntu = sorted(best.ubuntu, key=Version)[-1] if best.ubuntu else None
     if ubuntu is None:
         return None, f"images.toml lists no Ubuntu for nvidia/cuda {best.cuda}"
     tag_flavour = flavour.replace("cudnn", best.cudnn_token or "cudnn") if flavour.startswith("cudnn") else flavour
-    why = (
-        f"{'wheels bundle their CUDA libraries: the smallest flavour (base)' if not build.system_cuda else 'this build needs CUDA and cuDNN from the system: cudnn-runtime'}"
-        f", CUDA {best.cuda} (not newer than the build's {build.cuda}), newest Ubuntu for it"
-    )
-    return f"nvidia/cuda:{best.cuda}-{tag_flavour}-ubuntu{ubuntu}", why
+    return f"nvidia/cuda:{best.cuda}-{tag_flavour}-ubuntu{ubuntu}", best.cuda
 
 
 # --------------------------------------------------------------------------- the resolver

@@ -34,5 +34,6 @@ def lock_conda(
         targets = [conda.CondaTarget(platform=r.request.platform, cuda=sel.cuda) for r in group]
         lock_text = head + conda.lock(spec, targets, channel_urls=channel_urls)
         locked.append(LockedTarget(group[0], env_name, env_text))
-        locked.append(LockedTarget(group[0], f"conda-lock{suffix}.yml", lock_text))
+        locked.append(LockedTarget(group[0], f"conda-lock{suffix}.yml", lock_text,
+                                   tuple(dict.fromkeys(t.platform for t in targets))))
     return LockSet(locked, manifest(locked, options, matrices_read))

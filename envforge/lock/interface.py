@@ -52,14 +52,14 @@ class CompileSpec:
     workdir: Path  # a scratch directory the adapter may write into
     output: str = "requirements"  # requirements | pylock
     verbose: bool = False
-    labels: dict[str, str] = field(default_factory=dict)  # path -> how to show it in annotations
 
 
 class Locker(Protocol):
     name: str
 
     def compile(self, spec: CompileSpec) -> str:
-        """Resolve and return the lock body (pins with --hash lines, or a pylock.toml document)."""
+        """Resolve and return the lock body (pins with --hash lines, or a pylock.toml document), with paths
+        under spec.workdir as the resolver printed them."""
         ...
 
 
@@ -75,4 +75,6 @@ def write_requirements_in(spec: CompileSpec) -> Path:
 
 def pins(text: str) -> dict[str, str]:
     """name -> version of every `name==version` line of a requirements lock (names normalised)."""
-    return {re.sub(r"[-_.]+", "-", m.group(1)).lower(): m.group(3) for m in _PIN.finditer(text)}
+    from packaging.utils import canonicalize_name
+
+    return {canonicalize_name(m.group(1)): m.group(3) for m in _PIN.finditer(text)}

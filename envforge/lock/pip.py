@@ -51,6 +51,7 @@ class LockedTarget:
     resolution: Resolution
     file: str
     text: str
+    platforms: tuple[str, ...] = ()  # a conda lock's platforms (all of its group's targets)
 
 
 @dataclass
@@ -151,9 +152,9 @@ def lock_one(res: Resolution, options: LockOptions, file: str, matrices_read: st
             workdir=work,
             output="pylock" if options.format == "pylock" else "requirements",
             verbose=options.verbose,
-            labels={tmp + "/": "", tmp: "."},
         )
-        body = locker.compile(spec)
+        # The scratch directory shows in resolvers' `# via -r` annotations: drop it from the lock.
+        body = locker.compile(spec).replace(tmp + "/", "").replace(tmp, ".")
     head = header(options.command, matrices_read, _details(res))
     if options.format == "pylock":
         text = head + body

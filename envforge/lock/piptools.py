@@ -7,11 +7,11 @@ Python or platform, so such targets are refused with a pointer to uv.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from ..errors import BadInput, EnvironmentFailure, LockError
+from ..errors import BadInput, EnvironmentFailure, LockError, ToolNotFound
 from ..hardware import platform_tag
 from ..proc import isolated_env, run
-from pathlib import Path
 
 from .interface import CompileSpec, write_requirements_in
 
@@ -57,8 +57,6 @@ class PipToolsLocker:
             err = proc.stderr.strip()
             lower = err.lower()
             if "no module named piptools" in lower:
-                from ..errors import ToolNotFound
-
                 raise ToolNotFound("pip-tools is not installed", fix="pip install pip-tools")
             if any(s in lower for s in ("connection", "max retries", "name resolution", "timed out")) and \
                     "no matching distribution" not in lower and "resolutionimpossible" not in lower:
@@ -66,8 +64,6 @@ class PipToolsLocker:
             raise LockError(f"pip-compile found no solution:\n{err[-2000:]}",
                             fix="relax or correct the conflicting pins named above")
         text = proc.stdout
-        for path, label in spec.labels.items():
-            text = text.replace(path, label)
         if spec.indexes.framework_index:
             # pip merges its indexes and takes the best version from any: it cannot keep the
             # framework index to the framework's packages. Refuse a lock that took anything else from it.

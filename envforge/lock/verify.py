@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+from packaging.utils import canonicalize_name
+
 from ..errors import LockError
 from ..pypi import PyPI
 from .interface import IndexPlan
@@ -15,15 +17,15 @@ _ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(\S+?)\s*(?:
 
 
 def check_default_index(text: str, plan: IndexPlan) -> None:
-    allowed = {_norm(p) for p in plan.framework_packages}
+    allowed = {canonicalize_name(p) for p in plan.framework_packages}
     entries = [(m.group(1), m.group(2), set(re.findall(r"sha256:([0-9a-f]+)", m.group(3))))
                for m in _ENTRY.finditer(text)]
-    entries = [e for e in entries if _norm(e[0]) not in allowed]
+    entries = [e for e in entries if canonicalize_name(e[0]) not in allowed]
     client = PyPI(simple_url=plan.default_index.rstrip("/") + "/{name}/")
 
     def served(entry: tuple[str, str, set[str]]) -> tuple[str, str, bool]:
         name, version, hashes = entry
-        on_default = {f.sha256 for f in client.files(_norm(name)) if f.sha256}
+        on_default = {f.sha256 for f in client.files(canonicalize_name(name)) if f.sha256}
         return name, version, bool(hashes & on_default)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -39,5 +41,3 @@ def check_default_index(text: str, plan: IndexPlan) -> None:
         )
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()

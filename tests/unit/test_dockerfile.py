@@ -156,7 +156,7 @@ def test_conda_dockerfiles(matrix, tmp_path: Path, label, request_kw, image) -> 
 
 
 def test_every_cudnn_runtime_image_has_a_base_flavour(matrix) -> None:
-    """conda_base_image swaps the pip resolution's flavour for `base`: that tag must exist too."""
+    """Where pip needs cudnn-runtime, the conda image takes base: the same CUDA release must offer both."""
     for image in matrix.images():
         if any(f.startswith("cudnn") for f in image.flavours):
             assert "base" in image.flavours, image.cuda
