@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 from urllib.parse import unquote
 
-from packaging.markers import InvalidMarker, Marker
+from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
@@ -39,7 +39,7 @@ from .dockerfile import DISTRO_PYTHON
 from .errors import BadInput, ToolNotFound
 from .matrix import Matrix
 from .models import BuildRow, HostFacts, ReleaseRow, Request
-from .resolve import base_image, driver_floor, requirements, resolve
+from .resolve import base_image, driver_floor, requirements, resolve, supports_python
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -226,7 +226,8 @@ class Target:
         return f"{self.name} ({'; '.join(parts)})" if parts else self.name
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "platform": self.platform, **self.host.to_json()}
+        # the target's platform, not the one of the machine running check (HostFacts carries that)
+        return {**self.host.to_json(), "name": self.name, "platform": self.platform}
 
 
 @dataclass
@@ -266,7 +267,6 @@ def make_target(matrix: Matrix, name: str, driver: str | None = None, gpus: Sequ
     overrides = hardware.HostOverrides(driver=specs.parse_driver(driver), gpus=tuple(gpus),
                                        arch=tuple(specs.parse_arch(a) for a in arch), no_detect=True)
     host = hardware.probe(overrides, gpu_lookup=matrix.gpu, branch_cuda=matrix.branch_cuda)
-    host = replace(host, driver_cuda=matrix.branch_cuda(host.driver) if host.driver else None)
     return Target(name, host, specs.parse_platform(platform) or "linux-64")
 
 
@@ -396,7 +396,7 @@ class Env:
         try:
             parsed = marker if isinstance(marker, Marker) else Marker(marker)
             return bool(parsed.evaluate(_marker_env(self.python, self.platform)))  # type: ignore[arg-type]
-        except (InvalidMarker, Exception):  # noqa: BLE001 - an unreadable marker keeps the pin
+        except Exception:  # noqa: BLE001 - an unreadable marker (InvalidMarker or worse) keeps the pin
             return True
 
 
@@ -445,7 +445,6 @@ def _pin_from_requirement(req: Requirement, loc: Loc, text: str) -> Pin:
 class RequirementsFile:
     pins: list[Pin] = field(default_factory=list)
     indexes: list[str] = field(default_factory=list)  # index-url, extra-index-url, find-links URLs in effect
-    includes: list[Path] = field(default_factory=list)
 
     def index_variant(self) -> str | None:
         return next((v for v in map(_index_variant, self.indexes) if v), None)
@@ -549,7 +548,6 @@ class Project:
                         sub = self.requirements(include, (*_stack, path))
                         out.pins.extend(sub.pins)
                         out.indexes.extend(sub.indexes)
-                        out.includes.append(include)
                     elif kind == "index" and value:
                         out.indexes.append(value)
                 continue
@@ -1431,9 +1429,6 @@ def _python_minors(matrix: Matrix, framework: str) -> tuple[str, ...]:
     return tuple(minors)
 
 
-def supports_python(release: ReleaseRow, python: str) -> bool:
-    """Whether a release has wheels for Python X.Y (its `python` range from the matrices)."""
-    return SpecifierSet(release.python).contains(f"{python}.0", prereleases=True)
 
 
 def _python_alternatives(matrix: Matrix, framework: str, release: ReleaseRow, python: str) -> str:
@@ -1777,7 +1772,7 @@ def _target_findings(matrix: Matrix, ctx: Context, item: Pinned, targets: Sequen
                      policy: str) -> list[Finding]:
     if not targets or item.build.variant == "cpu":
         return []
-    python = _image_python(ctx) or next((f.version for f in ctx.python if f.version), None)
+    python = _image_python(ctx)
     py = _python_for(item.release, python)
     grouped: dict[tuple[str, str], list[Target]] = {}
     fixes: dict[tuple[str, str], str] = {}
@@ -1940,7 +1935,7 @@ def _stale_conda(project: Project, environment: Path, lock: Path, entries: dict[
         for key, version, written in specs:
             name = key.split(":", 1)[1]
             loc = Loc(rel_env, item.start_mark.line + 1)
-            entry = entries.get(key) or (entries.get(f"pip:{_canon(name)}") if key.startswith("pip:") else None)
+            entry = entries.get(key)
             if entry is None:
                 if entries:
                     findings.append(_finding(Loc(rel_lock, 1), "stale_lock", ERROR,

@@ -18,16 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from packaging.version import InvalidVersion, Version
-
-from .check import ERROR, TORCH_COMPANIONS, WARNING, supports_python
+from .check import ERROR, TORCH_COMPANIONS, WARNING, _is_newer
+from .resolve import supports_python
 from .errors import EnvironmentFailure
 from .matrix import Matrix
 from .models import BuildRow, HostFacts, ReleaseRow, Request
 from .resolve import resolve
 
 SUBPROCESS_TIMEOUT_S = 120
-FRAMEWORK_DISTS = ("torch", "tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-intel", "jax", "jaxlib")
 
 # Runs under the inspected interpreter: standard library only, imports no framework.
 INVENTORY_SCRIPT = r"""
@@ -216,7 +214,7 @@ def _problems(matrix: Matrix, host: HostFacts, env: dict[str, Any], installed: S
         release = matrix.release(item.framework, item.version.partition("+")[0])
         newest = matrix.releases(item.framework)[-1]
         if release is None:
-            if _newer(item.version.partition("+")[0], newest.version):
+            if _is_newer(item.version.partition("+")[0], newest.version):
                 problems.append(Problem("unknown_release", WARNING,
                                         f"{item.distribution} {item.version} is newer than envforge's matrices "
                                         f"(newest known {newest.version}); it was not checked",
@@ -271,12 +269,6 @@ def _problems(matrix: Matrix, host: HostFacts, env: dict[str, Any], installed: S
                                         f"a {torch_local} one", f"pip install {package}=={wanted}+{torch_local}"))
     return problems
 
-
-def _newer(version: str, than: str) -> bool:
-    try:
-        return Version(version) > Version(than)
-    except InvalidVersion:
-        return False
 
 
 def _host_reasons(matrix: Matrix, host: HostFacts, item: Installed, release: ReleaseRow, build: BuildRow,

@@ -243,7 +243,7 @@ def _probe_smi(notes: list[ProbeNote]) -> HostFacts | None:
     fields = SMI_FIELDS
     noted = len(notes)
     out = _run_smi(smi, fields, notes)
-    if out is None and len(notes) == noted and "compute_cap" in fields:
+    if out is None and len(notes) == noted:
         # Drivers before 510 do not know the compute_cap field (_run_smi returns None
         # without a note for that refusal only); ask without it.
         fields = fields.replace(",compute_cap", "")

@@ -53,9 +53,6 @@ FORBIDDEN: dict[tuple[str, str], frozenset[str]] = {
     ("jax", "build"): frozenset({"local"}),
 }
 
-# Keys that must be present (beyond the dataclass's own required fields).
-REQUIRED_NONEMPTY = ("source",)
-
 GPU_KINDS = ("datacenter", "workstation", "consumer", "embedded")
 IMAGE_FLAVOURS = ("base", "runtime", "devel", "cudnn-runtime", "cudnn-devel")
 _CC_RE = re.compile(r"^\d{1,2}\.\d$")
@@ -272,7 +269,7 @@ def parse_file(path: Path, text: str | None = None, *, check_order: bool = True)
                     problems.add(where, f"source '{sid}' is not a key of [meta.sources]")
             for entry in raw.get("inferred", []) if isinstance(raw.get("inferred"), list) else []:
                 name = entry.split(":", 1)[0].strip()
-                if ":" not in entry or name not in specs:
+                if ":" not in entry or name not in raw:
                     problems.add(where, f"inferred entry {entry!r} must read 'field: why' naming a key of the row")
             if bad:
                 continue
@@ -440,9 +437,9 @@ def dump(mf: MatrixFile) -> str:
             out.append(f"[[{table}]]")
             for spec in fields_of(row_type):
                 value = getattr(row, spec.name)
-                default = next(f for f in dataclasses.fields(row_type) if f.name == spec.name).default
+                # CompanionRow.torch, the only "" default, is left out when empty
                 if value is None or value == () or (spec.kind == "bool" and value is False) or (
-                    spec.name == "torch" and value == "" and default == ""
+                    spec.name == "torch" and value == ""
                 ):
                     continue
                 out.append(f"{spec.name} = {_toml_value(value)}")

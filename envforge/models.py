@@ -10,12 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Framework = Literal["torch", "tensorflow", "jax"]
 FRAMEWORKS: tuple[str, ...] = ("torch", "tensorflow", "jax")
-Platform = Literal["linux-64", "linux-aarch64", "osx-arm64", "win-64"]
 PLATFORMS: tuple[str, ...] = ("linux-64", "linux-aarch64", "osx-arm64", "win-64")
-DriverPolicy = Literal["minor", "strict"]
-ProbeSource = Literal["nvml", "nvidia-smi", "proc", "rocm", "override", "none"]
 
 # Reason codes are a closed set (DESIGN.md); `check` adds the last two.
 ReasonCode = Literal[
@@ -233,10 +229,6 @@ class HostFacts:
     # False for --no-detect without overrides: "no host constraints" (DESIGN.md).
     constrained: bool = True
 
-    @property
-    def has_gpu(self) -> bool:
-        return bool(self.gpus)
-
     def to_json(self) -> dict[str, object]:
         doc: dict[str, object] = {
             "source": self.source,
@@ -323,7 +315,6 @@ class Selected:
     min_arch: str | None = None
     system_cuda: bool = False
     find_links: str | None = None
-    requires: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         doc: dict[str, object] = {

@@ -27,7 +27,6 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from . import matrix as matrix_mod
-from .fsutil import write_atomic
 from .models import BuildRow, ReleaseRow
 from .pypi import DistFile, PyPI, parse_metadata, wheel_tags
 

@@ -82,6 +82,7 @@ class DriverFloor:
     origin: str  # human description of where the floor comes from
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the fix texts ask it for every build of a framework per rejection
 def driver_floor(matrix: Matrix, build: BuildRow, policy: str, platform: str) -> DriverFloor:
     if not build.cuda:
         return DriverFloor(None, None, "")
@@ -171,7 +172,8 @@ class _Judged:
     warnings: tuple[str, ...]
 
 
-def _python_ok(release: ReleaseRow, python: str) -> bool:
+def supports_python(release: ReleaseRow, python: str) -> bool:
+    """Whether a release has wheels for Python X.Y (its `python` range from the matrices)."""
     return _python_in(release.python, python)
 
 
@@ -319,7 +321,7 @@ def _judge(
         # Not the accelerator asked for (or the host has): its driver and GPU checks are moot.
         return _Judged(release, build, tuple(reasons), native, tuple(warnings))
 
-    if not _python_ok(release, python):
+    if not supports_python(release, python):
         reasons.append(Reason(
             "python_unsupported",
             f"{framework} {build.version} supports Python {release.python}, not {python}",
@@ -474,7 +476,6 @@ def _selected(
         min_arch=build.min_arch,
         system_cuda=build.system_cuda,
         find_links=build.find_links,
-        requires=build.requires,
     )
 
 
@@ -482,7 +483,7 @@ def _selected(
 
 
 def _python_fix(matrix: Matrix, framework: str, release: ReleaseRow, python: str) -> str:
-    supporting = [r.version for r in matrix.releases(framework) if _python_ok(r, python)]
+    supporting = [r.version for r in matrix.releases(framework) if supports_python(r, python)]
     parts = [f"use a Python in {release.python} (--python)"]
     if supporting:
         if Version(supporting[0]) > Version(release.version):
@@ -548,6 +549,7 @@ def _not_published(
     matrix: Matrix, framework: str, releases: Sequence[ReleaseRow], builds: Sequence[BuildRow], cuda_req: CudaRequest,
 ) -> list[Rejection]:
     out = []
+    having: list[str] | None = None  # releases that have the asked-for accelerator: the same for every release
     for release in releases:
         variants = [b for b in builds if b.version == release.version]
         if cuda_req.kind == "cuda":
@@ -558,12 +560,10 @@ def _not_published(
             label = f"ROCm {cuda_req.version}"
         if hit:
             continue
-        having = [
-            r.version for r in matrix.releases(framework)
-            if any(b.version == r.version and ((b.cuda and cuda_req.matches_cuda(b.cuda)) or
-                                               (b.rocm and cuda_req.matches_rocm(b.rocm)))
-                   for b in matrix.builds(framework))
-        ]
+        if having is None:
+            with_it = {b.version for b in matrix.builds(framework)
+                       if (b.cuda and cuda_req.matches_cuda(b.cuda)) or (b.rocm and cuda_req.matches_rocm(b.rocm))}
+            having = [r.version for r in matrix.releases(framework) if r.version in with_it]
         fix = f"{framework} {release.version} builds: {', '.join(b.variant for b in variants)}"
         if having:
             fix += f"; {label} builds exist for {framework} {having[0]} … {having[-1]}"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from .errors import BadInput
 from .models import FRAMEWORKS, PLATFORMS
@@ -159,9 +159,3 @@ def parse_arch(text: str) -> str:
     return f"{int(match.group(1))}.{match.group(2)}"
 
 
-def driver_version(text: str) -> Version:
-    """NVIDIA driver strings compare as versions (525.60.13 < 525.105.17)."""
-    try:
-        return Version(text)
-    except InvalidVersion:
-        raise BadInput(f"cannot read driver version {text!r}") from None

@@ -359,3 +359,11 @@ def test_a_base_image_shared_by_two_stages_is_reported_once(tmp_path: Path) -> N
     image_findings = [f for f in doc["findings"] if f["code"] == "driver_too_old"]
     assert len(image_findings) == 1, doc["findings"]
     assert image_findings[0]["line"] == 2
+
+
+def test_a_target_keeps_its_own_platform_in_json(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("torch==2.7.1\n")
+    code, out, err = run("check", str(tmp_path), "--target", "driver=570.124.06,arch=9.0,platform=linux-aarch64",
+                         "--format", "json")
+    (target,) = json.loads(out)["targets"]
+    assert target["platform"] == "linux-aarch64", target
