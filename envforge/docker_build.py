@@ -9,13 +9,12 @@ from __future__ import annotations
 import functools
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import EnvforgeError, EnvironmentFailure, ToolNotFound
-from .proc import isolated_env
+from .errors import BadInput, EnvforgeError, EnvironmentFailure, ToolNotFound
+from .proc import isolated_env, run
 
 
 class BuildFailed(EnvforgeError):
@@ -37,7 +36,7 @@ def client() -> Any:
     except Exception as exc:  # docker.errors.DockerException and the requests errors under it
         where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         raise EnvironmentFailure(
-            f"cannot reach a Docker daemon at {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            f"cannot reach the Docker daemon at {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
             fix="start it (`sudo systemctl start docker`, or `dockerd &`), or point DOCKER_HOST at a reachable "
             "daemon (e.g. DOCKER_HOST=ssh://user@gpu-box)",
         ) from None
@@ -47,8 +46,6 @@ def build(context: Path, tag: str, dockerfile: str = "Dockerfile",
           progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> str:
     """Build `context` into `tag`; stream the build's own lines to `progress`. Returns the image id."""
     if not (context / dockerfile).is_file():
-        from .errors import BadInput
-
         raise BadInput(f"{context / dockerfile} not found", fix="run `envforge lock` (it writes one) or "
                        "`envforge dockerfile --lock DIR`")
     api = client().api
@@ -93,8 +90,6 @@ LINUX_TAGS = {
 def fill_wheelhouse(lock_file: Path, wheelhouse: Path, python: str, platform: str, verbose: bool = False) -> None:
     """Download every wheel of the lock, hash-checked, for the target Python and platform (pip download)."""
     if platform not in LINUX_TAGS:
-        from .errors import BadInput
-
         raise BadInput(f"wheelhouses are for Linux images; the lock targets {platform}")
     wheelhouse.mkdir(parents=True, exist_ok=True)
     major, minor = python.split(".")
@@ -103,9 +98,9 @@ def fill_wheelhouse(lock_file: Path, wheelhouse: Path, python: str, platform: st
            "-r", str(lock_file)]
     for tag in LINUX_TAGS[platform]:
         cmd += ["--platform", tag]
-    if verbose:
-        print("+ " + " ".join(cmd), file=sys.stderr)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=isolated_env())
+    # no timeout: a CUDA lock's wheels are gigabytes
+    proc = run(cmd, tool="pip download", install_hint="python -m ensurepip", env=isolated_env(), timeout=None,
+               verbose=verbose)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
         if re.search(r"connection|resolve|timed out|unreachable", proc.stderr, re.IGNORECASE):

@@ -186,17 +186,23 @@ def render(target: Target, *, command: str, matrices_read: str, base_image: str 
     if pin:
         image, why = pin_digest(image), why + "; pinned to its digest (--pin-digest)"
     python_why, build_setup, runtime_setup, exe = python_plan(image, target.python)
-    title = f"{target.framework} {target.version} ({target.variant})"
-    accel = f"CUDA {target.cuda}" if target.cuda else "CPU"
     return template("Dockerfile.j2").render(
         header=header(command, matrices_read).rstrip("\n"),
-        base_image=image, base_why=why, python=target.python, python_why=python_why,
+        base_image=image, base_why=why, python_why=python_why,
         python_setup_build=build_setup, python_setup_runtime=runtime_setup, python_exe=exe,
         lock_file=target.lock_file, wheelhouse=wheelhouse,
-        title=title, description=f"{title}, {accel}, Python {target.python}, {target.platform}; made by envforge",
-        framework=target.framework, version=target.version, variant=target.variant, cuda=target.cuda or "",
-        min_driver=target.min_driver or "", arch=",".join(target.arch), envforge_version=__version__,
+        **_labels(target, f"{target.framework} {target.version} ({target.variant})", (target.platform,),
+                  ",".join(target.arch)),
     )
+
+
+def _labels(target: Target, title: str, platforms: tuple[str, ...], arch: str) -> dict[str, str]:
+    """The values of templates/_labels.j2 (and of ENVFORGE_MIN_DRIVER / ENVFORGE_TARGET), read back by smoke."""
+    accel = f"CUDA {target.cuda}" if target.cuda else "CPU"
+    return dict(title=title, framework=target.framework, version=target.version, variant=target.variant,
+                description=f"{title}, {accel}, Python {target.python}, {', '.join(platforms)}; made by envforge",
+                cuda=target.cuda or "", min_driver=target.min_driver or "", arch=arch, python=target.python,
+                format="" if target.format == "pip" else target.format, envforge_version=__version__)
 
 
 def conda_base_image(target: Target) -> tuple[str | None, str]:
@@ -242,20 +248,16 @@ def render_conda(target: Target, *, command: str, matrices_read: str, base_image
     if pin:  # micromamba-docker's docs/tags.rst: "reference the image's sha256 digest and not use tags"
         image, why = pin_digest(image), why + "; pinned to its digest (--pin-digest)"
         micromamba_image = pin_digest(micromamba_image)
-    title = f"{target.framework} {target.version} ({target.variant}, conda)"
-    accel = f"CUDA {target.cuda}" if target.cuda else "CPU"
     platforms = target.platforms or (target.platform,)
     return template("Dockerfile.conda.j2").render(
         header=header(command, matrices_read).rstrip("\n"),
-        base_image=image, base_why=why, python=target.python, python_tuple=f"{major}, {minor}",
+        base_image=image, base_why=why, python_tuple=f"{major}, {minor}",
         micromamba_image=micromamba_image, prefix=CONDA_PREFIX,
         lock_file=target.lock_file, lock_platforms=", ".join(platforms),
         docker_platforms=" or ".join(DOCKER_PLATFORMS.get(p, p) for p in platforms),
-        title=title, description=f"{title}, {accel}, Python {target.python}, {', '.join(platforms)}; made by envforge",
-        framework=target.framework, version=target.version, variant=target.variant, cuda=target.cuda or "",
         # The GPU architectures are conda-forge's build flags, which envforge's matrices do not hold (the
         # pip build's list would be a guess): the label stays empty rather than wrong.
-        min_driver=target.min_driver or "", arch="", envforge_version=__version__,
+        **_labels(target, f"{target.framework} {target.version} ({target.variant}, conda)", platforms, arch=""),
     )
 
 

@@ -112,7 +112,7 @@ def run_in_image(tag: str, *, gpus: bool, as_json: bool) -> tuple[dict, int]:
 
     data = matrix.load()
     host = hardware.probe(gpu_lookup=data.gpu, branch_cuda=data.branch_cuda)
-    request = run.SmokeRequest(image=tag, device="auto")
+    request = run.SmokeRequest(image=tag, device="auto", gpus=gpus)
     result = run.smoke(request, host, data.gpu, _Progress(to_stderr=True))
     if not as_json:
         from ..smoke.render import verdict

@@ -144,7 +144,7 @@ def judge_devices(check: Check, framework: str, host: HostFacts, device: str) ->
         return _fail_no_gpu(check, framework, host_gpus or list(host.gpus), notes)
     if not host_gpus:
         check["warnings"].append(
-            f"{framework} sees {len(seen)} GPU(s) that the host probe did not find ({_probe_story(host)})")
+            f"{framework} sees {len(seen)} GPU(s) that the host probe did not find ({probe_story(host)})")
         return notes
     problems = []
     if len(seen) != len(host_gpus):
@@ -236,7 +236,7 @@ def _norm(name: str) -> str:
     return " ".join(name.lower().split())
 
 
-def _probe_story(host: HostFacts) -> str:
+def probe_story(host: HostFacts) -> str:
     if host.notes:
         return "; ".join(note.message for note in host.notes)
     return f"probe source: {host.source}"

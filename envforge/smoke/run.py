@@ -30,6 +30,7 @@ from packaging.utils import canonicalize_name
 
 from .. import proc
 from ..errors import BadInput, EnvironmentFailure, SmokeFailed, ToolNotFound
+from ..lock.pip import MANIFEST as LOCK_MANIFEST  # what `envforge lock` writes beside the lock files
 from ..models import HostFacts
 from . import _harness, judge
 
@@ -37,7 +38,6 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = {"torch": "torch_smoke.py", "tensorflow": "tf_smoke.py", "jax": "jax_smoke.py"}
 FRAMEWORKS = tuple(SCRIPTS)  # probing order, and the order several frameworks are run in
 HARNESS = "_harness.py"
-LOCK_MANIFEST = "envforge.lock.json"  # what `envforge lock` writes next to the lock files
 ANY = ""  # the key of expectations that apply to every framework's run
 CONTAINER_DIR = "/tmp/envforge-smoke"
 
@@ -68,6 +68,7 @@ class SmokeRequest:
     timeout_s: float | None = None
     steps: int | None = None
     lr: float | None = None  # test-only: an absurd learning rate makes training diverge
+    gpus: bool = True  # --image: request the host's NVIDIA GPUs (False: the daemon has no NVIDIA runtime)
 
     def script_args(self, framework: str) -> list[str]:
         args = ["--device", self.device]
@@ -247,21 +248,14 @@ class _LocalProcess:
 class DockerLauncher:
     """A container from an image, through the docker SDK; GPUs requested when the host probe found NVIDIA GPUs."""
 
-    def __init__(self, image: str, python: str | None, host: HostFacts) -> None:
-        docker = import_docker()
+    def __init__(self, image: str, python: str | None, host: HostFacts, gpus: bool = True) -> None:
+        from ..docker_build import client
+
+        self.client = client()  # the one connected client of this process (envforge build made it already)
+        import docker  # type: ignore[import-untyped]  # importable: client() needed it
+
         self.docker = docker
         self.python = python or "python"
-        try:
-            self.client = docker.from_env(timeout=60)
-            self.client.ping()
-        except docker.errors.DockerException as exc:
-            where = os.environ.get("DOCKER_HOST")
-            raise EnvironmentFailure(
-                f"cannot reach the Docker daemon at {where or 'the default socket (unix:///var/run/docker.sock)'}: "
-                f"{_last_line(str(exc))}",
-                fix="start it (sudo systemctl start docker, or run dockerd), or point DOCKER_HOST at a running "
-                "daemon (e.g. DOCKER_HOST=unix:///run/user/1000/docker.sock for rootless Docker)",
-            ) from None
         try:
             self.image = self.client.images.get(image)
         except docker.errors.ImageNotFound:
@@ -271,10 +265,11 @@ class DockerLauncher:
             raise EnvironmentFailure(f"the Docker daemon refused to look up {image}: {exc.explanation or exc}"
                                      ) from None
         self.tag = image
-        nvidia = [g for g in host.gpus if g.vendor == "nvidia"]
+        nvidia = [g for g in host.gpus if g.vendor == "nvidia"] if gpus else []
         self.gpu_request = gpu_device_requests(docker, nvidia) if nvidia else []
         self.gpu_note = (f"requested {len(nvidia)} GPU(s) for the container" if nvidia else
-                         "the host probe found no NVIDIA GPU: the container runs without GPUs")
+                         "the host probe found no NVIDIA GPU: the container runs without GPUs" if gpus else
+                         "the Docker daemon has no NVIDIA runtime: the container runs without GPUs")
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "image", "image": self.tag, "image_id": self.image.id, "python": self.python,
@@ -381,15 +376,6 @@ class _ContainerProcess:
             return status.get("StatusCode"), stdout
         finally:
             self.container.remove(force=True)
-
-
-def import_docker() -> Any:
-    try:
-        import docker  # type: ignore[import-untyped]
-    except ImportError:
-        raise ToolNotFound("the docker SDK for Python is not installed (needed for --image)",
-                           fix="pip install docker") from None
-    return docker
 
 
 def _parse_probe(stdout: str, where: str) -> dict[str, Any]:
@@ -540,7 +526,7 @@ def smoke(request: SmokeRequest, host: HostFacts, gpu_lookup: Callable[[str], An
     """Run each framework's script in the target and judge it. Raises SmokeFailed/EnvironmentFailure before any."""
     started = time.perf_counter()
     if request.device == "cuda" and not host.gpus:  # (ROCm builds of torch answer to "cuda" too)
-        story = "; ".join(n.message for n in host.notes) or f"probe source: {host.source}"
+        story = judge.probe_story(host)
         fixes = "; ".join(n.fix for n in host.notes if n.fix)
         raise SmokeFailed(f"--device cuda, but the host probe found no GPU ({story})",
                           fix=fixes or "run on a machine with an NVIDIA GPU and driver, or use --device auto")
@@ -573,7 +559,7 @@ def _target(request: SmokeRequest, host: HostFacts) -> tuple[Launcher, SmokeRequ
     frameworks = list(request.frameworks) or [f for f in FRAMEWORKS if f in request.expectations]
     probed: dict[str, Any] = {}
     if request.image:
-        docker_launcher = DockerLauncher(request.image, request.python, host)
+        docker_launcher = DockerLauncher(request.image, request.python, host, gpus=request.gpus)
         launcher = docker_launcher
         labels = docker_launcher.labels()
         request = replace(request, expectations=_with_image_labels(request.expectations, labels, request.image))
