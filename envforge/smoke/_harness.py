@@ -129,6 +129,8 @@ class Smoke:
             result["detail"] = f"skipped (--skip {name})"
         elif missing:
             result["detail"] = f"not run: the {missing[0]} check did not pass"
+        elif name == "distributed" and not self.args.distributed:
+            result["detail"] = "not asked (pass --distributed)"
         else:
             self.event(event="start", check=name, timeout_s=timeout)
             start = time.perf_counter()
@@ -251,6 +253,43 @@ def relative_error(values: list[float], reference: list[float]) -> float:
             return math.inf
         worst = max(worst, abs(x - r))
     return worst / scale
+
+
+def kernel_failures(device: object, errors: "dict[str, float]") -> "list[str]":
+    """The kernels check's complaints for one device: each op whose relative error exceeds KERNEL_RTOL."""
+    return [f"{op} on {device} is off by {err:.2g} (relative; allowed {KERNEL_RTOL:g})"
+            for op, err in errors.items() if not err <= KERNEL_RTOL]
+
+
+def kernel_outcome(per_device: "dict[str, dict[str, float]]", failures: "list[str]", library: str,
+                   devices: "list[str]", **extra: object) -> Outcome:
+    """The kernels check's verdict: matmul and conv2d on every device against the float64 CPU reference."""
+    data = {"relative_error": per_device, "tolerance": KERNEL_RTOL, **extra}
+    if failures:
+        raise Failed("; ".join(failures), **data)
+    worst = max(max(e.values()) for e in per_device.values())
+    return Outcome(f"matmul and conv2d ({library}) on {', '.join(devices)} match the float64 CPU "
+                   f"reference (max relative error {worst:.1g})", **data)
+
+
+def training_outcome(losses: "list[float]", steps: int, seconds: float, device: str, **extra: object) -> Outcome:
+    """loss_fell, with the training speed in steps/s."""
+    outcome = loss_fell(losses, steps)
+    rate = (steps - 1) / seconds if seconds > 0 else float("inf")
+    outcome.detail += f", {rate:.0f} steps/s on {device}"
+    outcome.data.update(steps_per_s=round(rate, 1), device=device, **extra)
+    return outcome
+
+
+def one_step_outcome(step: str, device: object, value: float, finite: bool, changed: bool,
+                     data: "dict[str, object]", failed_as: str = "") -> Outcome:
+    """The mixed-precision check's verdict on one training step: a finite loss and updated weights."""
+    failed_as = failed_as or step
+    if not math.isfinite(value) or not finite:
+        raise Failed(f"{failed_as} on {device} gave loss {value} (not finite)", **data)
+    if not changed:
+        raise Failed(f"{failed_as} on {device} did not update the weights", **data)
+    return Outcome(f"one {step} on {device}: loss {value:.4g}, weights updated", **data)
 
 
 def same_losses(runs: "list[list[float]]", device: str, switches: "list[str]", hint: str = "") -> Outcome:

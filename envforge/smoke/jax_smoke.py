@@ -139,15 +139,9 @@ def check_kernels(smoke: h.Smoke, state: State) -> h.Outcome:
         errors = {"matmul": h.relative_error(np.asarray(mm).reshape(-1).tolist(), mm_ref),
                   "conv2d": h.relative_error(np.asarray(conv).reshape(-1).tolist(), conv_ref)}
         per_device[str(device)] = errors
-        failures += [f"{op} on {device} is off by {err:.2g} (relative; allowed {h.KERNEL_RTOL:g})"
-                     for op, err in errors.items() if not err <= h.KERNEL_RTOL]
-    data = {"relative_error": per_device, "tolerance": h.KERNEL_RTOL}
-    if failures:
-        raise h.Failed("; ".join(failures), **data)
-    worst = max(max(e.values()) for e in per_device.values())
-    library = "cuDNN" if state.device == "cuda" else "XLA CPU"
-    return h.Outcome(f"matmul and conv2d ({library}) on {', '.join(str(d) for d in state.devices)} match the "
-                     f"float64 CPU reference (max relative error {worst:.1g})", **data)
+        failures += h.kernel_failures(device, errors)
+    return h.kernel_outcome(per_device, failures, "cuDNN" if state.device == "cuda" else "XLA CPU",
+                            [str(d) for d in state.devices])
 
 
 # --------------------------------------------------------------------------- the tiny model
@@ -244,11 +238,7 @@ def check_training(smoke: h.Smoke, state: State) -> h.Outcome:
     losses, seconds, placed = train(state.jax, device, steps, smoke.args.lr or LEARNING_RATE)
     if placed != {str(device)}:
         raise h.Failed(f"training asked for {device} ran on {', '.join(sorted(placed))}", placed=sorted(placed))
-    outcome = h.loss_fell(losses, steps)
-    rate = (steps - 1) / seconds if seconds > 0 else float("inf")
-    outcome.detail += f", {rate:.0f} steps/s on {device}"
-    outcome.data.update(steps_per_s=round(rate, 1), device=str(device))
-    return outcome
+    return h.training_outcome(losses, steps, seconds, str(device))
 
 
 def _bf16_supported(device) -> bool:
@@ -277,11 +267,7 @@ def check_mixed_precision(smoke: h.Smoke, state: State) -> h.Outcome:
     leaves_new, leaves_old = jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(params)
     finite = all(bool(jnp.isfinite(p).all()) for p in leaves_new)
     changed = any(bool((a != b).any()) for a, b in zip(leaves_new, leaves_old))
-    if not (value == value and abs(value) != float("inf")) or not finite:
-        raise h.Failed(f"{label} training step on {device} gave loss {value} (not finite)", **data)
-    if not changed:
-        raise h.Failed(f"{label} training step on {device} did not update the weights", **data)
-    return h.Outcome(f"one {label} training step on {device}: loss {value:.4g}, weights updated", **data)
+    return h.one_step_outcome(f"{label} training step", device, value, finite, changed, data)
 
 
 def check_determinism(smoke: h.Smoke, state: State) -> h.Outcome:
@@ -326,8 +312,6 @@ def check_throughput(smoke: h.Smoke, state: State) -> h.Outcome:
 
 
 def check_distributed(smoke: h.Smoke, state: State) -> h.Outcome:
-    if not smoke.args.distributed:
-        raise h.Skipped("not asked (pass --distributed)")
     jax = state.jax
     jnp = jax.numpy
     devices = state.devices

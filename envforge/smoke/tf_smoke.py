@@ -120,15 +120,8 @@ def check_kernels(smoke: h.Smoke, state: State) -> h.Outcome:
                 failures.append(f"ops asked for {device} ran on {', '.join(sorted(placed))}")
             errors = {"matmul": h.relative_error(_flat(mm), mm_ref), "conv2d": h.relative_error(_flat(conv), conv_ref)}
             per_device[device] = errors
-            failures += [f"{op} on {device} is off by {err:.2g} (relative; allowed {h.KERNEL_RTOL:g})"
-                         for op, err in errors.items() if not err <= h.KERNEL_RTOL]
-    data = {"relative_error": per_device, "tolerance": h.KERNEL_RTOL}
-    if failures:
-        raise h.Failed("; ".join(failures), **data)
-    worst = max(max(e.values()) for e in per_device.values())
-    library = "cuDNN" if state.device == "cuda" else "CPU kernels"
-    return h.Outcome(f"matmul and conv2d ({library}) on {', '.join(state.devices)} match the float64 CPU "
-                     f"reference (max relative error {worst:.1g})", **data)
+            failures += h.kernel_failures(device, errors)
+    return h.kernel_outcome(per_device, failures, "cuDNN" if state.device == "cuda" else "CPU kernels", state.devices)
 
 
 def _flat(tensor) -> list[float]:
@@ -213,11 +206,7 @@ def check_training(smoke: h.Smoke, state: State) -> h.Outcome:
     if state.device == "cuda" and "GPU" not in placed.upper():
         raise h.Failed(f"training asked for {device} ran on {placed}: TensorFlow quietly trained on the CPU",
                        placed=placed)
-    outcome = h.loss_fell(losses, steps)
-    rate = (steps - 1) / seconds if seconds > 0 else float("inf")
-    outcome.detail += f", {rate:.0f} steps/s on {device}"
-    outcome.data.update(steps_per_s=round(rate, 1), device=device, placed=placed)
-    return outcome
+    return h.training_outcome(losses, steps, seconds, device, placed=placed)
 
 
 def check_mixed_precision(smoke: h.Smoke, state: State) -> h.Outcome:
@@ -245,11 +234,7 @@ def check_mixed_precision(smoke: h.Smoke, state: State) -> h.Outcome:
                        **data)
     changed = any((b != p.numpy()).any() for b, p in zip(before, params))
     finite = all(bool(tf.reduce_all(tf.math.is_finite(p))) for p in params)
-    if not (value == value and abs(value) != float("inf")) or not finite:
-        raise h.Failed(f"{label} training step on {device} gave loss {value} (not finite)", **data)
-    if not changed:
-        raise h.Failed(f"{label} training step on {device} did not update the weights", **data)
-    return h.Outcome(f"one {label} training step on {device}: loss {value:.4g}, weights updated", **data)
+    return h.one_step_outcome(f"{label} training step", device, value, finite, changed, data)
 
 
 def _bf16_supported(tf, gpu_index: int) -> bool:
@@ -309,8 +294,6 @@ def check_throughput(smoke: h.Smoke, state: State) -> h.Outcome:
 
 
 def check_distributed(smoke: h.Smoke, state: State) -> h.Outcome:
-    if not smoke.args.distributed:
-        raise h.Skipped("not asked (pass --distributed)")
     tf = state.tf
     if state.device == "cuda":
         devices = state.devices

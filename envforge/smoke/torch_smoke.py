@@ -160,20 +160,13 @@ def check_kernels(smoke: h.Smoke, state: State) -> h.Outcome:
             conv = F.conv2d(x.to(device), w.to(device), padding=1).cpu().flatten().tolist()
             errors = {"matmul": h.relative_error(mm, mm_ref), "conv2d": h.relative_error(conv, conv_ref)}
             per_device[device] = errors
-            failures += [f"{op} on {device} is off by {err:.2g} (relative; allowed {h.KERNEL_RTOL:g})"
-                         for op, err in errors.items() if not err <= h.KERNEL_RTOL]
+            failures += h.kernel_failures(device, errors)
     cudnn = None
     if state.device == "cuda":
         cudnn = bool(torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled)
         if not cudnn:
             failures.append("cuDNN is not available to torch: convolutions do not run on cuDNN")
-    data = {"relative_error": per_device, "tolerance": h.KERNEL_RTOL, "cudnn": cudnn}
-    if failures:
-        raise h.Failed("; ".join(failures), **data)
-    worst = max(max(e.values()) for e in per_device.values())
-    library = "cuDNN" if cudnn else "CPU kernels"
-    return h.Outcome(f"matmul and conv2d ({library}) on {', '.join(state.devices)} match the float64 CPU "
-                     f"reference (max relative error {worst:.1g})", **data)
+    return h.kernel_outcome(per_device, failures, "cuDNN" if cudnn else "CPU kernels", state.devices, cudnn=cudnn)
 
 
 def _model_and_data(torch, device: str, seed: int):
@@ -217,11 +210,7 @@ def _sync(torch, device: str) -> None:
 def check_training(smoke: h.Smoke, state: State) -> h.Outcome:
     steps = max(2, smoke.args.steps)
     losses, seconds = train(state.torch, state.devices[0], steps, smoke.args.lr or LEARNING_RATE)
-    outcome = h.loss_fell(losses, steps)
-    rate = (steps - 1) / seconds if seconds > 0 else float("inf")
-    outcome.detail += f", {rate:.0f} steps/s on {state.devices[0]}"
-    outcome.data.update(steps_per_s=round(rate, 1), device=state.devices[0])
-    return outcome
+    return h.training_outcome(losses, steps, seconds, state.devices[0])
 
 
 def check_mixed_precision(smoke: h.Smoke, state: State) -> h.Outcome:
@@ -255,12 +244,8 @@ def check_mixed_precision(smoke: h.Smoke, state: State) -> h.Outcome:
     changed = any(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters()))
     finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
     data = {"dtype": str(dtype).replace("torch.", ""), "loss": value, "device": device, "loss_scaling": bool(scaler)}
-    if not (value == value and abs(value) != float("inf")) or not finite:
-        raise h.Failed(f"{data['dtype']} autocast step on {device} gave loss {value} (not finite)", **data)
-    if not changed:
-        raise h.Failed(f"{data['dtype']} autocast step on {device} did not update the weights", **data)
-    return h.Outcome(f"one {data['dtype']} autocast training step on {device}: loss {value:.4g}, weights updated",
-                     **data)
+    return h.one_step_outcome(f"{data['dtype']} autocast training step", device, value, finite, changed, data,
+                              failed_as=f"{data['dtype']} autocast step")
 
 
 def check_determinism(smoke: h.Smoke, state: State) -> h.Outcome:
@@ -316,8 +301,6 @@ def check_throughput(smoke: h.Smoke, state: State) -> h.Outcome:
 
 
 def check_distributed(smoke: h.Smoke, state: State) -> h.Outcome:
-    if not smoke.args.distributed:
-        raise h.Skipped("not asked (pass --distributed)")
     torch = state.torch
     cuda = state.device == "cuda"
     world = len(state.devices) if cuda else max(1, smoke.args.nproc or 2)
