@@ -445,13 +445,12 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve(root: Path) -> Iterator[str]:
-    """Serve `root` over HTTP on 127.0.0.1 (an ephemeral port) in a daemon thread; yield the base URL.
-
-    Loopback only. The server is shut down and its socket closed on exit.
+def serve(root: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `root` over HTTP on `host` (loopback by default; an ephemeral port) in a daemon thread; yield the
+    base URL. The server is shut down and its socket closed on exit.
     """
     handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = http.server.ThreadingHTTPServer((host, 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="wheelindex-http", daemon=True)
     thread.start()

@@ -29,6 +29,7 @@ from envforge.lock.conda import (
 )
 from envforge.models import HostFacts, Request, Selected
 from envforge.resolve import resolve
+from tests.conftest import clean_environ
 from tests.fakes.condachannel import build_channel, repodata, write_fake_micromamba
 
 REPO = Path(__file__).resolve().parents[2]
@@ -324,10 +325,22 @@ def test_bad_targets(targets, needle):
 def test_conda_lock_route_writes_the_same_file(urls, fake_micromamba_dir, monkeypatch):
     """`conda-lock lock` (its real CLI, driving a micromamba stand-in) and rattler give byte-identical files:
     same packages, same hashes, and the content hash conda-lock itself computed."""
+    import envforge.lock.conda as conda_mod
+
     monkeypatch.setenv("PATH", f"{fake_micromamba_dir}:{Path(sys.executable).parent}")
+    calls = []
+    real = conda_mod._lock_with_conda_lock
+
+    def recorded(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conda_mod, "_lock_with_conda_lock", recorded)
     targets = [CondaTarget("linux-64", "12.6"), CondaTarget("linux-aarch64", "12.6")]
     via_conda_lock = lock(TORCH_126, targets, channel_urls=urls)  # auto: micromamba is on PATH
+    assert len(calls) == 1 and str(fake_micromamba_dir) in str(calls[0]), "auto did not take the conda-lock route"
     via_rattler = lock(TORCH_126, targets, channel_urls=urls, solver="rattler")
+    assert len(calls) == 1
     assert via_conda_lock == via_rattler
 
 
@@ -384,11 +397,9 @@ def test_help_imports_neither_rattler_nor_conda_lock():
 def test_envforge_lock_format_conda_end_to_end(channel: Path, tmp_path: Path) -> None:
     """`envforge lock --format conda`: resolve, then environment.yml + conda-lock.yml per variant."""
     import json
-    import os
     import subprocess
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "CONDA_", "ENVFORGE_"))}
-    env["RATTLER_CACHE_DIR"] = str(tmp_path / "rattler-cache")
+    env = clean_environ({"RATTLER_CACHE_DIR": str(tmp_path / "rattler-cache")})
     cmd = [sys.executable, "-m", "envforge", "lock", "--format", "conda", "--no-detect", "--python", "3.11",
            "-f", "torch", "--version", "2.1.2", "--cuda", "11.8", "--cuda", "cpu",
            "--conda-channel", f"conda-forge={channel}", "-o", str(tmp_path / "out")]
@@ -419,11 +430,9 @@ def test_envforge_lock_format_conda_end_to_end(channel: Path, tmp_path: Path) ->
 
 def test_dockerfile_for_a_conda_lock_directory(channel: Path, tmp_path: Path) -> None:
     """`envforge dockerfile --lock DIR` reads a conda lock's manifest and platforms; --format must agree."""
-    import os
     import subprocess
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "CONDA_", "ENVFORGE_"))}
-    env["RATTLER_CACHE_DIR"] = str(tmp_path / "rattler-cache")
+    env = clean_environ({"RATTLER_CACHE_DIR": str(tmp_path / "rattler-cache")})
     out = tmp_path / "out"
     base = [sys.executable, "-m", "envforge"]
     proc = subprocess.run(base + ["lock", "--format", "conda", "--no-detect", "--python", "3.11", "-f", "torch",

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import clean_environ
+
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 BASE = os.environ.get("ENVFORGE_TEST_BASE_IMAGE", "envforge-test/bookworm-python:latest")
@@ -36,9 +38,7 @@ def docker_ready() -> str | None:
 
 
 def envforge(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "ENVFORGE_"))}
-    if os.environ.get("PIP_CERT"):
-        env["PIP_CERT"] = os.environ["PIP_CERT"]
+    env = clean_environ(keep=("PIP_CERT",))
     return subprocess.run([sys.executable, "-m", "envforge", *args], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=1500)
 
@@ -95,8 +95,7 @@ def test_the_guard_stops_a_gpu_image_without_a_driver(built) -> None:
 
 def test_docker_unreachable_is_exit_3(tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "ENVFORGE_"))}
-    env["DOCKER_HOST"] = "tcp://127.0.0.1:9"
+    env = clean_environ({"DOCKER_HOST": "tcp://127.0.0.1:9"})
     proc = subprocess.run([sys.executable, "-m", "envforge", "build", str(tmp_path), "-t", "x"],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode == 3, proc.stderr

@@ -14,19 +14,17 @@ read from micromamba's source (see envforge/dockerfile.py and the stand-in's doc
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
-import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import clean_environ
 from tests.fakes.condachannel import build_channel, payload_packages
+from tests.fakes.wheelindex import serve
 from tests.integration.test_docker_build import BASE, ROOT, docker_ready
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -35,8 +33,7 @@ TAG = "envforge/torch:2.1.2-cpu-conda"  # the default tag `envforge build` gives
 
 
 def envforge(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "CONDA_", "ENVFORGE_"))}
-    env["RATTLER_CACHE_DIR"] = str(cache)
+    env = clean_environ({"RATTLER_CACHE_DIR": str(cache)})
     return subprocess.run([sys.executable, "-m", "envforge", *args], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=1200)
 
@@ -56,17 +53,8 @@ def served_channel(tmp_path_factory: pytest.TempPathFactory):
     if not gateway:
         pytest.skip("the Docker bridge network has no gateway address to serve the channel on")
     channel = build_channel(tmp_path_factory.mktemp("payload-channel"), payload_packages())
-    handler = functools.partial(_QuietHandler, directory=str(channel))
-    server = http.server.ThreadingHTTPServer((gateway, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://{gateway}:{server.server_address[1]}"
-    server.shutdown()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
+    with serve(channel, host=gateway) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

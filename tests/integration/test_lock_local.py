@@ -19,12 +19,13 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from envforge.lock.interface import pins
+from tests.conftest import clean_environ
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def envforge(wheel_index, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "ENVFORGE_"))}
+    env = clean_environ()
     cmd = [sys.executable, "-m", "envforge", "lock", "--no-detect", "--python", "3.11",
            "--index-url", wheel_index.pypi_simple, "--torch-index", wheel_index.torch_index("cpu").rsplit("/", 1)[0],
            "-o", str(out), *args]
@@ -137,7 +138,7 @@ def test_pylock_format(wheel_index, tmp_path: Path) -> None:
 
 
 def test_a_lock_for_another_python_and_platform(wheel_index, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "ENVFORGE_"))}
+    env = clean_environ()
     cmd = [sys.executable, "-m", "envforge", "lock", "--no-detect", "--python", "3.10", "--platform",
            "linux-aarch64", "--index-url", wheel_index.pypi_simple,
            "--torch-index", wheel_index.torch_index("cpu").rsplit("/", 1)[0], "-f", "torch", "--version", "2.1.2",

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from envforge.lock.interface import pins
+from tests.conftest import clean_environ
 
 pytestmark = pytest.mark.network
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def envforge(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "ENVFORGE_"))}
-    env["ENVFORGE_CACHE_DIR"] = os.environ.get("ENVFORGE_CACHE_DIR", "")
+    env = clean_environ()
     return subprocess.run([sys.executable, "-m", "envforge", *args], capture_output=True, text=True, env=env,
                           cwd=cwd or ROOT)
 

@@ -411,10 +411,11 @@ def _docker_image_with_a_framework() -> str | None:
         client.ping()
     except Exception:  # noqa: BLE001 - no SDK, no daemon
         return None
-    for image in client.images.list(filters={"label": "dev.envforge.framework"}):
-        if image.tags:
-            return image.tags[0]
-    return None
+    tags = [tag for image in client.images.list(filters={"label": "dev.envforge.framework"}) for tag in image.tags]
+    # the image test_docker_build.py built in this run, before any older one (a bench image, a stale build)
+    from tests.integration.test_docker_build import TAG
+
+    return TAG if TAG in tags else (tags[0] if tags else None)
 
 
 @pytest.mark.docker

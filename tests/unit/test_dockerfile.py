@@ -45,7 +45,8 @@ CASES = [
      "3.10", "nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04", "ubuntu22.04's own Python"),
     ("tensorflow[and-cuda]", dict(framework="tensorflow", version="2.15.1", cuda="12"), "3.10",
      "nvidia/cuda:12.2.2-base-ubuntu22.04", "ubuntu22.04's own Python"),
-    ("jax cuda12", dict(framework="jax", version="0.4.30", cuda="12"), "3.10", "-base-ubuntu", "Python"),
+    ("jax cuda12", dict(framework="jax", version="0.4.30", cuda="12"), "3.10", "nvidia/cuda:12.1.1-base-ubuntu22.04",
+     "ubuntu22.04's own Python"),
 ]
 
 
@@ -104,9 +105,47 @@ def _refuse(*args, **kwargs):
 
 
 def test_guard_is_standard_library_only() -> None:
-    text = dockerfile_mod.guard_text()
-    imports = {line.split()[1] for line in text.splitlines() if line.startswith("import ")}
-    assert imports <= {"ctypes", "glob", "json", "os", "shlex", "shutil", "sys"}
+    import ast
+
+    tree = ast.parse(dockerfile_mod.guard_text())
+    imports = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for alias in node.names}
+    imports |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imports and imports <= {"ctypes", "glob", "json", "os", "shlex", "shutil", "sys"}, imports
+
+
+def test_pin_digest_asks_the_registry_and_keeps_the_tag(monkeypatch) -> None:
+    """The success path: Docker Hub's token, then the manifest's digest; library/ for official images."""
+    import io
+    import json
+
+    digest = "sha256:" + "cd" * 32
+    seen = []
+
+    class Response(io.BytesIO):
+        def __init__(self, body: bytes = b"", headers: dict | None = None) -> None:
+            super().__init__(body)
+            self.headers = headers or {}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> bool:
+            return False
+
+    def urlopen(request, timeout=None):
+        url = request if isinstance(request, str) else request.full_url
+        seen.append(url)
+        if url.startswith("https://auth.docker.io/"):
+            return Response(json.dumps({"token": "t"}).encode())
+        return Response(headers={"Docker-Content-Digest": digest})
+
+    monkeypatch.setattr("urllib.request.urlopen", urlopen)
+    image = "nvidia/cuda:12.6.3-base-ubuntu24.04"
+    assert dockerfile_mod.pin_digest(image) == f"{image}@{digest}"
+    assert seen[-1] == "https://registry-1.docker.io/v2/nvidia/cuda/manifests/12.6.3-base-ubuntu24.04"
+    assert dockerfile_mod.pin_digest("python:3.11-slim") == f"python:3.11-slim@{digest}"
+    assert seen[-1] == "https://registry-1.docker.io/v2/library/python/manifests/3.11-slim"
 
 
 # --------------------------------------------------------------------------- the conda flavour (micromamba)

@@ -152,3 +152,22 @@ def test_cuda_of_pins() -> None:
 def test_recorded_index_is_valid_json() -> None:
     for path in RECORDED.glob("*.simple.json"):
         assert json.loads(path.read_text())["files"]
+
+
+@pytest.mark.parametrize("framework,version,variant", [
+    ("torch", "2.3.1", "cu121"), ("tensorflow", "2.15.0", "and-cuda"), ("jax", "0.4.30", "cuda12")])
+def test_refresh_repairs_each_framework(copy: Path, framework: str, version: str, variant: str) -> None:
+    """A broken Python range and a build's emptied `requires` come back as shipped, for every framework."""
+    import dataclasses
+
+    path = copy / f"{framework}.toml"
+    mf, _ = matrix_mod.parse_file(path)
+    assert any((b.version, b.variant) == (version, variant) and b.requires for b in mf.rows("build"))
+    releases = tuple(dataclasses.replace(r, python=">=3.8,<3.9") if r.version == version else r
+                     for r in mf.rows("release"))
+    builds = tuple(dataclasses.replace(b, requires=()) if (b.version, b.variant) == (version, variant) else b
+                   for b in mf.rows("build"))
+    path.write_text(matrix_mod.dump(dataclasses.replace(mf, tables={**mf.tables, "release": releases,
+                                                                     "build": builds})))
+    result = refresh_mod.refresh(copy, PyPI(RecordedTransport()), frameworks=[framework], only=_only(version))
+    assert result.texts[framework][1] == (ROOT / "matrices" / f"{framework}.toml").read_text()
